@@ -1,0 +1,170 @@
+"""`tumor-classifier`: one entry point, one subcommand per stage.
+
+This module parses arguments, configures logging and calls the library; it holds no logic
+of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import CLASS_DESCRIPTIONS, TrainConfig
+
+logger = logging.getLogger("tumor_classifier")
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.6,0.2,0.2, got {text!r}")
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.6,0.2,0.2, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, with the dataclass's defaults."""
+    defaults = TrainConfig(data_dir="", out="")
+    parser.add_argument("data_dir", help="folder with train/ and validation/ class folders")
+    parser.add_argument("--out", required=True, help="run directory to write")
+    parser.add_argument("--model", default=defaults.model, help="model preset (default: %(default)s)")
+    for name, kind in (("image_size", int), ("channels", int), ("epochs", int),
+                       ("batch_size", int), ("learning_rate", float), ("seed", int),
+                       ("workers", int)):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
+                            default=getattr(defaults, name), help="default: %(default)s")
+    parser.add_argument("--class-weight", default=defaults.class_weight,
+                        help="balanced | none | BEN=5,CAN=5,NOR=1 (default: %(default)s)")
+    for name in ("steps_per_epoch", "validation_steps", "patience"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="train without unreadable images instead of refusing to start")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tumor-classifier",
+        description="Classify breast images as BEN, CAN or NOR. Research software, not a "
+        "medical device.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser("prepare", help="build class folders from a public dataset")
+    prepare.add_argument("dataset", choices=["mini-mias"])
+    prepare.add_argument("source", type=Path, help="mini-MIAS folder or all-mias.tar.gz")
+    prepare.add_argument("dest", type=Path)
+    prepare.add_argument("--fractions", type=_fractions, default=(0.6, 0.2, 0.2),
+                         help="train,validation,test shares of women (default: 0.6,0.2,0.2)")
+    prepare.add_argument("--seed", type=int, default=0)
+
+    _add_train_options(commands.add_parser("train", help="train a model, write a run directory"))
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run on a class-folder dataset")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("data_dir", type=Path)
+    evaluate.add_argument("--out", type=Path, default=None)
+    evaluate.add_argument("--workers", type=int, default=0)
+
+    predict = commands.add_parser("predict", help="classify image files or folders")
+    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("paths", type=Path, nargs="+")
+    predict.add_argument("--csv", type=Path, default=None, help="write results to this CSV")
+    return parser
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from .datasets import prepare_mini_mias
+
+    counts = prepare_mini_mias(args.source, args.dest, args.fractions, args.seed)
+    for split, per_class in counts.items():
+        total = sum(per_class.values())
+        listing = "  ".join(f"{name} {count}" for name, count in per_class.items())
+        print(f"{split:<11} {total:4d}   {listing}")
+    print(f"wrote {args.dest} (split.csv: file,label,patient_id,split)")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{key: value for key, value in vars(args).items() if key in fields})
+    started = time.perf_counter()
+    run_dir = train(config)
+    print(f"trained in {time.perf_counter() - started:.0f} s; run directory: {run_dir}")
+    print((run_dir / "evaluation" / "validation" / "report.txt").read_text(encoding="utf-8"))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    metrics = evaluate(args.run_dir, args.data_dir, args.out, args.workers)
+    report_dir = Path(metrics["report_dir"])
+    print((report_dir / "report.txt").read_text(encoding="utf-8"))
+    if metrics["unreadable"]:
+        print(f"{len(metrics['unreadable'])} unreadable file(s) were left out (listed above).")
+    print(f"report: {report_dir}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import Classifier, expand_paths
+
+    classifier = Classifier.load(args.run_dir)
+    files = expand_paths(args.paths)
+    if not files:
+        raise FileNotFoundError(f"no image files in {', '.join(map(str, args.paths))}")
+    results = classifier.predict(files)
+    names = classifier.class_names
+    for result in results:
+        if result.error:
+            continue  # already logged, one line per file
+        assert result.prediction is not None
+        probabilities = "  ".join(f"{name} {result.probabilities[name]:.3f}" for name in names)
+        description = CLASS_DESCRIPTIONS.get(result.prediction, result.prediction)
+        print(f"{result.file}: {result.prediction} ({description})  {probabilities}")
+    if args.csv:
+        with args.csv.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file", "prediction"] + [f"prob_{name}" for name in names])
+            for result in results:
+                if not result.error:
+                    writer.writerow([result.file, result.prediction]
+                                    + [f"{result.probabilities[name]:.6f}" for name in names])
+    failed = sum(1 for result in results if result.error)
+    if failed:
+        print(f"{failed} of {len(results)} file(s) could not be read (see the lines above).",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handlers = {"prepare": _prepare, "train": _train, "evaluate": _evaluate,
+                "predict": _predict}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

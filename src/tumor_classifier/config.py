@@ -1,0 +1,76 @@
+"""Class names, the training configuration and its JSON round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The three classes of the task, in the order the model outputs them when the dataset uses
+# these folder names. Other folder names work too; their sorted order is then recorded.
+CLASS_NAMES: tuple[str, ...] = ("BEN", "CAN", "NOR")
+
+CLASS_DESCRIPTIONS = {
+    "BEN": "Benign finding",
+    "CAN": "Malignant finding",
+    "NOR": "No finding (normal)",
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `train` needs; each field is one `tumor-classifier train` flag."""
+
+    data_dir: str
+    out: str
+    # Model preset, see `models.PRESETS`. "seed" is the original project's CNN.
+    model: str = "seed"
+    # Square side the image is resized to; the original project used 128.
+    image_size: int = 128
+    # 1 = grayscale (mammograms), 3 = the grey image repeated (for RGB backbones).
+    channels: int = 1
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    # "balanced" (inverse class frequency), "none", or explicit "BEN=5,CAN=5,NOR=1".
+    class_weight: str = "balanced"
+    # None = one pass over the data per epoch / over the whole validation split.
+    steps_per_epoch: int | None = None
+    validation_steps: int | None = None
+    # Early stopping on validation loss; None trains all epochs (the best epoch is kept anyway).
+    patience: int | None = None
+    seed: int = 0
+    # Train even if some images cannot be read (they are listed in config.json), instead
+    # of refusing to start.
+    skip_unreadable: bool = False
+    # Processes that decode images; 0 = one per CPU core.
+    workers: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown training option(s) {unknown}; valid options are {sorted(known)}."
+            )
+        return cls(**values)
+
+
+def save_json(data: dict[str, Any], path: Path) -> None:
+    """Write `data` as indented JSON, atomically (write then rename)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is this a run directory written by train?")
+    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return result

@@ -1,0 +1,175 @@
+"""Scan and validate a class-folder dataset, and decode its images once into arrays."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .datasets import SPLITS
+from .imaging import IMAGE_EXTENSIONS, ImageReadError, is_dicom, load_model_input
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """The images of a class-folder dataset, in a fixed order (class, then path)."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    files: tuple[Path, ...]
+    labels: tuple[int, ...]
+
+    def counts(self) -> dict[str, int]:
+        """Number of images per class, in class order."""
+        return {
+            name: sum(1 for label in self.labels if label == index)
+            for index, name in enumerate(self.class_names)
+        }
+
+
+def _visible(name: str) -> bool:
+    # Hidden files and folders (.DS_Store, .ipynb_checkpoints, __MACOSX) are never data.
+    return not name.startswith((".", "__"))
+
+
+def _is_image_file(path: Path) -> bool:
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    # DICOM files often have no extension at all; recognise them by their preamble.
+    return path.suffix == "" and is_dicom(path)
+
+
+def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under `folder` (recursively, sorted) and the other files that were skipped."""
+    images, skipped = [], []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or not all(_visible(part) for part in path.relative_to(folder).parts):
+            continue
+        (images if _is_image_file(path) else skipped).append(path)
+    return images, skipped
+
+
+def scan_folder(root: Path | str, class_names: Sequence[str] | None = None) -> ImageFolder:
+    """Find the images of a `root/{CLASS}/...` dataset and check its structure.
+
+    Args:
+        root: a folder with one subfolder per class.
+        class_names: the classes a model knows (evaluate, predict): a subfolder with another
+            name is an error, a missing one a warning. None (train): the class names are the
+            subfolders' names, sorted.
+
+    Raises:
+        FileNotFoundError: `root` does not exist or is not a folder.
+        ValueError: no class folders, an unexpected folder, or a class without images.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: dataset folder not found; check the path.")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: is a file, expected a folder with class subfolders.")
+    folders = sorted(path.name for path in root.iterdir() if path.is_dir() and _visible(path.name))
+    if not folders:
+        raise ValueError(
+            f"{root}: no class folders; expected one subfolder per class "
+            "(for example BEN/, CAN/, NOR/) holding the images."
+        )
+    if set(folders) & set(SPLITS) and (class_names is None or not set(folders) & set(class_names)):
+        raise ValueError(
+            f"{root}: holds split folders ({', '.join(folders)}), not class folders; pass one "
+            f"split, for example {root / folders[0]}."
+        )
+    if class_names is None:
+        names = tuple(folders)
+        if len(names) < 2:
+            raise ValueError(
+                f"{root}: only one class folder ({names[0]}); a classifier needs at least two."
+            )
+    else:
+        names = tuple(class_names)
+        unexpected = [folder for folder in folders if folder not in names]
+        if unexpected:
+            raise ValueError(
+                f"{root}: unexpected folder(s) {', '.join(unexpected)}; the model's classes are "
+                f"{', '.join(names)}. Move the folder out or rename it to one of them."
+            )
+        absent = [name for name in names if name not in folders]
+        if absent:
+            logger.warning("%s: no folder for class(es) %s", root, ", ".join(absent))
+
+    files: list[Path] = []
+    labels: list[int] = []
+    skipped_all: list[Path] = []
+    for index, name in enumerate(names):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        images, skipped = list_images(folder)
+        skipped_all += skipped
+        if not images:
+            raise ValueError(
+                f"{folder}: class folder holds no images (expected "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))} or DICOM files); add images or remove "
+                "the folder."
+            )
+        files += images
+        labels += [index] * len(images)
+    if skipped_all:
+        logger.warning(
+            "%s: ignored %d file(s) that are not images, e.g. %s",
+            root, len(skipped_all), skipped_all[0],
+        )
+    return ImageFolder(root, names, tuple(files), tuple(labels))
+
+
+def _load_one(task: tuple[Path, int, int]) -> np.ndarray | str:
+    path, image_size, channels = task
+    try:
+        return load_model_input(path, image_size, channels)
+    except ImageReadError as error:
+        return str(error)
+
+
+def load_images(
+    files: Sequence[Path], image_size: int, channels: int, workers: int = 0,
+    description: str = "decoding",
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Decode and preprocess `files`, in parallel, in their order.
+
+    Returns:
+        The images, (n, image_size, image_size, channels) float32 in [0, 1], with a zero
+        image where a file failed, and the failed files' messages by index. Callers decide what a
+        failure means; nothing here stops at the first one.
+    """
+    tasks = [(Path(path), image_size, channels) for path in files]
+    workers = workers or os.cpu_count() or 1
+    images = np.zeros((len(tasks), image_size, image_size, channels), np.float32)
+    failures: dict[int, str] = {}
+    progress = tqdm(total=len(tasks), desc=description, unit="image", disable=len(tasks) < 50)
+    if workers == 1 or len(tasks) < 32:
+        results = map(_load_one, tasks)
+        pool = None
+    else:
+        # "spawn" keeps worker processes free of the parent's TensorFlow threads.
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        results = pool.map(_load_one, tasks, chunksize=max(1, len(tasks) // (workers * 8)))
+    try:
+        for index, result in enumerate(results):
+            if isinstance(result, str):
+                failures[index] = result
+            else:
+                images[index] = result
+            progress.update()
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.shutdown()
+    return images, failures

@@ -1,0 +1,224 @@
+"""Builders that turn public distributions into the class-folder layout, split by patient.
+
+The layout every other command reads:
+
+    DEST/{train,validation,test}/{BEN,CAN,NOR}/*.png
+    DEST/split.csv          file,label,patient_id,split
+    DEST/annotations.csv    file,x,y,radius (lesion circles, image coordinates, origin top-left)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+# The worst finding decides a woman's stratum: any cancer, else any benign, else normal.
+_SEVERITY_ORDER = {"CAN": 2, "BEN": 1, "NOR": 0}
+_INFO_LINE = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]+)(?:\s+([BM]))?(?:\s+(.*))?$")
+MIAS_IMAGE_SIZE = 1024
+
+
+@dataclass
+class MiasFilm:
+    """One mini-MIAS film: its label and the lesion circles `Info.txt` gives for it."""
+
+    reference: str
+    tissue: str
+    label: str
+    # (x, y, radius) in Info.txt coordinates: origin bottom-left.
+    circles: list[tuple[int, int, int]] = field(default_factory=list)
+
+    @property
+    def patient_id(self) -> str:
+        # Films come in left/right pairs: mdb001 and mdb002 are one woman.
+        number = int(self.reference[3:])
+        return f"mias{(number + 1) // 2:03d}"
+
+
+def parse_mias_info(text: str) -> dict[str, MiasFilm]:
+    """Parse the mini-MIAS truth table.
+
+    Labels: NORM -> NOR; any row with severity M -> CAN; otherwise BEN. A film may have
+    several rows (several abnormalities).
+    """
+    films: dict[str, MiasFilm] = {}
+    for line in text.splitlines():
+        match = _INFO_LINE.match(line.strip())
+        if not match:
+            continue
+        reference, tissue, kind, severity, rest = match.groups()
+        if kind == "NORM":
+            label = "NOR"
+        elif severity == "M":
+            label = "CAN"
+        elif severity == "B":
+            label = "BEN"
+        else:
+            raise ValueError(f"Info.txt: abnormal film {reference} has no severity: {line!r}")
+        film = films.setdefault(reference, MiasFilm(reference, tissue, label))
+        if _SEVERITY_ORDER[label] > _SEVERITY_ORDER[film.label]:
+            film.label = label
+        numbers = (rest or "").split()
+        if len(numbers) == 3 and all(number.isdigit() for number in numbers):
+            x, y, radius = (int(number) for number in numbers)
+            film.circles.append((x, y, radius))
+    if not films:
+        raise ValueError("Info.txt: no film rows found (expected lines like 'mdb001 G CIRC B').")
+    return films
+
+
+def split_patients(
+    patient_labels: dict[str, str],
+    fractions: tuple[float, float, float],
+    seed: int,
+) -> dict[str, str]:
+    """Assign each patient to train/validation/test, stratified by the patient's label.
+
+    Within each stratum the patients are shuffled with `seed` and cut by `fractions`
+    (largest-remainder rounding), so every split gets its share of each label.
+    """
+    if len(fractions) != 3 or any(value < 0 for value in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions}.")
+    total = float(sum(fractions))
+    shares = np.array(fractions, dtype=float) / total
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for patient, label in sorted(patient_labels.items()):
+        by_label[label].append(patient)
+    for label in sorted(by_label):
+        patients = by_label[label]
+        order = rng.permutation(len(patients))
+        exact = shares * len(patients)
+        counts = np.floor(exact).astype(int)
+        for index in np.argsort(-(exact - counts), kind="stable")[: len(patients) - counts.sum()]:
+            counts[index] += 1
+        bounds = np.cumsum(counts)
+        for position, patient_index in enumerate(order):
+            split = SPLITS[int(np.searchsorted(bounds, position, side="right"))]
+            assignment[patients[patient_index]] = split
+    return assignment
+
+
+def _open_source(source: Path) -> tuple[str, dict[str, bytes] | Path]:
+    """Info.txt text and where the films come from: a folder, or the official archive."""
+    if source.is_dir():
+        info = source / "Info.txt"
+        if not info.is_file():
+            raise FileNotFoundError(
+                f"{source}: no Info.txt; pass the mini-MIAS folder (Info.txt + mdbNNN.pgm) "
+                "or the all-mias.tar.gz archive."
+            )
+        return info.read_text(encoding="latin-1"), source
+    if source.is_file() and tarfile.is_tarfile(source):
+        members: dict[str, bytes] = {}
+        info_text = None
+        with tarfile.open(source) as archive:
+            for member in archive.getmembers():
+                if not member.isfile():
+                    continue
+                base = Path(member.name).name
+                handle = archive.extractfile(member)
+                if handle is None:
+                    continue
+                if base.lower() == "info.txt":
+                    info_text = handle.read().decode("latin-1")
+                elif re.fullmatch(r"mdb\d{3}\.pgm", base):
+                    members[base] = handle.read()
+        if info_text is None:
+            raise FileNotFoundError(f"{source}: the archive holds no Info.txt.")
+        return info_text, members
+    raise FileNotFoundError(
+        f"{source}: not found or not a folder/tar archive; pass the mini-MIAS folder or "
+        "all-mias.tar.gz."
+    )
+
+
+def prepare_mini_mias(
+    source: Path,
+    dest: Path,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+) -> dict[str, dict[str, int]]:
+    """Build `DEST/{train,validation,test}/{BEN,CAN,NOR}/mdbNNN.png` from mini-MIAS.
+
+    Splits by woman (both films of a woman go to the same split), stratified by her worst
+    finding. The films are copied losslessly as PNG; the source is only read.
+
+    Returns:
+        Counts per split and class.
+    """
+    source, dest = Path(source), Path(dest)
+    info_text, films_source = _open_source(source)
+    films = parse_mias_info(info_text)
+    present: dict[str, bytes | Path] = {}
+    for reference in films:
+        if isinstance(films_source, Path):
+            path = films_source / f"{reference}.pgm"
+            if path.is_file():
+                present[reference] = path
+        elif f"{reference}.pgm" in films_source:
+            present[reference] = films_source[f"{reference}.pgm"]
+    missing = sorted(set(films) - set(present))
+    if missing:
+        logger.warning(
+            "%d film(s) listed in Info.txt are missing from %s and are left out: %s",
+            len(missing), source, ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
+        )
+    if not present:
+        raise FileNotFoundError(f"{source}: none of the films listed in Info.txt is present.")
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(
+            f"{dest}: folder exists and is not empty; choose a new DEST or remove it yourself."
+        )
+
+    patient_labels: dict[str, str] = {}
+    for reference in present:
+        film = films[reference]
+        current = patient_labels.get(film.patient_id, "NOR")
+        if _SEVERITY_ORDER[film.label] >= _SEVERITY_ORDER[current]:
+            patient_labels[film.patient_id] = film.label
+    assignment = split_patients(patient_labels, fractions, seed)
+
+    counts: dict[str, dict[str, int]] = {
+        split: {"BEN": 0, "CAN": 0, "NOR": 0} for split in SPLITS
+    }
+    split_rows, annotation_rows = [], []
+    for reference in sorted(present):
+        film = films[reference]
+        split = assignment[film.patient_id]
+        relative = f"{split}/{film.label}/{reference}.png"
+        target = dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        item = present[reference]
+        data = item.read_bytes() if isinstance(item, Path) else item
+        with Image.open(io.BytesIO(data)) as image:
+            image.save(target, format="PNG")  # lossless; keeps 8 or 16 bits as stored
+            height = image.size[1]
+        counts[split][film.label] += 1
+        split_rows.append([relative, film.label, film.patient_id, split])
+        for x, y, radius in film.circles:
+            # Info.txt's origin is bottom-left; images are stored top row first.
+            annotation_rows.append([relative, x, height - 1 - y, radius])
+    with (dest / "split.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "patient_id", "split"])
+        writer.writerows(split_rows)
+    with (dest / "annotations.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "x", "y", "radius"])
+        writer.writerows(annotation_rows)
+    logger.info("Prepared %d films of %d women in %s", len(split_rows), len(assignment), dest)
+    return counts

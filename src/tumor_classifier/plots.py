@@ -1,0 +1,90 @@
+"""Plots of a run: training history, confusion matrix, ROC curves.
+
+Each function takes `ax=None`, returns the figure and never shows it (scikit-learn's
+display convention), so the notebook and the CLI use the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; a notebook's inline backend still renders returned figures
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_history(history: Mapping[str, Sequence[float]]) -> Figure:
+    """Loss and accuracy per epoch, training and validation, side by side."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(epochs, history[metric], marker="o", label="training")
+        if f"val_{metric}" in history:
+            ax.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(metric.capitalize())
+        ax.legend()
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]) -> Figure:
+    """Counts and row-normalised rates (rows true, columns predicted)."""
+    matrix = np.asarray(matrix)
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    panels: list[tuple[Any, np.ndarray, str, str]] = [
+        (axes[0], matrix, "Counts", "d"),
+        (axes[1], normalised, "Row-normalised (recall on the diagonal)", ".2f"),
+    ]
+    for ax, values, title, style in panels:
+        image = ax.imshow(values, cmap="Blues", vmin=0)
+        threshold = values.max() / 2 if values.size else 0
+        for (row, column), value in np.ndenumerate(values):
+            ax.text(column, row, format(value, style), ha="center", va="center",
+                    color="white" if value > threshold else "black")
+        ax.set_xticks(range(len(class_names)), class_names)
+        ax.set_yticks(range(len(class_names)), class_names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+        figure.colorbar(image, ax=ax, fraction=0.046)
+    figure.tight_layout()
+    return figure
+
+
+def plot_roc(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str],
+             ax: Any = None) -> Figure:
+    """One-vs-rest ROC curve per class (classes absent from `labels` are left out)."""
+    if ax is None:
+        figure, ax = plt.subplots(figsize=(5, 5))
+    else:
+        figure = ax.figure
+    for index, name in enumerate(class_names):
+        positives = np.asarray(labels) == index
+        if 0 < positives.sum() < len(positives):
+            false_positive_rate, true_positive_rate, _ = roc_curve(
+                positives, probabilities[:, index]
+            )
+            ax.plot(false_positive_rate, true_positive_rate, label=name)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title("ROC, one class vs rest")
+    ax.legend(loc="lower right")
+    return figure

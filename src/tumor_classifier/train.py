@@ -1,0 +1,227 @@
+"""`train(config) -> run directory`: decode once, fit with class weights, keep the best epoch."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .config import TrainConfig, save_json
+from .data import ImageFolder, load_images, scan_folder
+from .evaluate import write_evaluation
+from .plots import plot_history, save_figure
+
+logger = logging.getLogger(__name__)
+
+
+def class_weights(spec: str, counts: dict[str, int]) -> dict[int, float] | None:
+    """Class weights for `fit` from `--class-weight`.
+
+    "balanced" gives each class the weight n / (k * n_class), so every class contributes
+    equally to the loss (scikit-learn's convention); "none" gives None; "BEN=5,CAN=5,NOR=1"
+    sets them explicitly and must name every class.
+    """
+    names = list(counts)
+    if spec == "none":
+        return None
+    if spec == "balanced":
+        total = sum(counts.values())
+        return {
+            index: total / (len(names) * counts[name]) for index, name in enumerate(names)
+        }
+    weights: dict[str, float] = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"--class-weight {spec!r}: {part!r} is not NAME=NUMBER; use 'balanced', "
+                "'none' or e.g. 'BEN=5,CAN=5,NOR=1'."
+            ) from None
+    if set(weights) != set(names) or any(value <= 0 for value in weights.values()):
+        raise ValueError(
+            f"--class-weight {spec!r}: give one positive weight for each class "
+            f"({', '.join(names)}), e.g. {','.join(f'{name}=1' for name in names)}."
+        )
+    return {index: weights[name] for index, name in enumerate(names)}
+
+
+def _load_split(
+    folder: ImageFolder, config: TrainConfig, name: str
+) -> tuple[np.ndarray, np.ndarray, list[Path], list[str]]:
+    images, failures = load_images(
+        folder.files, config.image_size, config.channels, config.workers, f"decoding {name}"
+    )
+    keep = np.array([index not in failures for index in range(len(folder.files))], bool)
+    files = [path for path, kept in zip(folder.files, keep, strict=True) if kept]
+    return images[keep], np.asarray(folder.labels)[keep], files, list(failures.values())
+
+
+def _versions() -> dict[str, str]:
+    import keras
+
+    versions = {
+        "tumor_classifier": __version__,
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "numpy": np.__version__,
+    }
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        versions["tensorflow"] = tf.__version__
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        versions["jax"] = jax.__version__
+    return versions
+
+
+def train(config: TrainConfig) -> Path:
+    """Train a model on `config.data_dir/{train,validation}` and write a run directory.
+
+    The run directory holds `model.keras` (the epoch with the lowest validation loss),
+    `config.json`, `history.csv`, `plots/history.png` and the evaluation of the validation
+    split under `evaluation/validation/`.
+
+    Raises:
+        ValueError: unreadable images (unless `skip_unreadable`), a malformed dataset or a
+            bad option.
+        FileExistsError: the run directory already holds a model.
+    """
+    import keras
+
+    from .models import build_model
+
+    data_dir, run_dir = Path(config.data_dir), Path(config.out)
+    if (run_dir / "model.keras").exists():
+        raise FileExistsError(
+            f"{run_dir}: already holds a trained model; choose another --out."
+        )
+    for name, value in (("epochs", config.epochs), ("batch_size", config.batch_size),
+                        ("image_size", config.image_size)):
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+    if config.image_size < 16:
+        raise ValueError(f"--image-size must be at least 16, got {config.image_size}.")
+    train_folder = scan_folder(data_dir / "train")
+    validation_folder = scan_folder(data_dir / "validation", train_folder.class_names)
+    class_names = train_folder.class_names
+    weights = class_weights(config.class_weight, train_folder.counts())
+
+    # Decode every image once, before the first epoch; every problem is reported together.
+    x_train, y_train, train_files, train_failures = _load_split(train_folder, config, "train")
+    x_val, y_val, val_files, val_failures = _load_split(
+        validation_folder, config, "validation"
+    )
+    unreadable = train_failures + val_failures
+    if unreadable and not config.skip_unreadable:
+        listing = "\n".join(f"  {message}" for message in unreadable)
+        raise ValueError(
+            f"{len(unreadable)} unreadable image(s) in {data_dir}:\n{listing}\n"
+            "Fix or move them, or pass --skip-unreadable to train without them (they are "
+            "then listed in the run's config.json). Nothing was changed in the dataset."
+        )
+    for message in unreadable:
+        logger.warning("skipped: %s", message)
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise ValueError(f"{data_dir}: no readable images in train/ or validation/.")
+
+    keras.utils.set_random_seed(config.seed)
+    input_shape = (config.image_size, config.image_size, config.channels)
+    model = build_model(config.model, input_shape, len(class_names))
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / "model.keras"
+    callbacks: list[Any] = [
+        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+    ]
+    if config.patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
+        )
+    started = datetime.datetime.now(datetime.UTC)
+    history = model.fit(
+        x_train,
+        keras.utils.to_categorical(y_train, len(class_names)),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        validation_data=(x_val, keras.utils.to_categorical(y_val, len(class_names))),
+        validation_steps=config.validation_steps,
+        class_weight=weights,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=2,  # one line per epoch
+    )
+    val_losses = history.history["val_loss"]
+    best_epoch = int(np.argmin(val_losses)) + 1
+
+    run_config: dict[str, Any] = {
+        "training": config.to_dict(),
+        "class_names": list(class_names),
+        "image_size": config.image_size,
+        "channels": config.channels,
+        "input_shape": list(input_shape),
+        "preprocessing": {
+            "reader": "tumor_classifier.imaging.read_image (full bit depth, float32 [0, 1])",
+            "resize": "stretch to square, antialiased bilinear",
+            "image_size": config.image_size,
+            "channels": config.channels,
+        },
+        "model": config.model,
+        "parameters": int(model.count_params()),
+        "class_weight": {class_names[k]: v for k, v in weights.items()} if weights else None,
+        "data": {
+            "data_dir": str(data_dir),
+            "train": dict(zip(class_names, np.bincount(y_train, minlength=len(class_names))
+                              .tolist(), strict=True)),
+            "validation": dict(zip(class_names, np.bincount(y_val, minlength=len(class_names))
+                                   .tolist(), strict=True)),
+        },
+        "unreadable_skipped": unreadable,
+        "best_epoch": best_epoch,
+        "epochs_run": len(val_losses),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    }
+    save_json(run_config, run_dir / "config.json")
+    save_figure(plot_history(history.history), run_dir / "plots" / "history.png")
+
+    # Evaluate the kept (best) checkpoint, not the last epoch's weights.
+    from .predict import Classifier
+
+    classifier = Classifier.load(run_dir)
+    write_evaluation(
+        run_dir / "evaluation" / "validation",
+        [str(path) for path in val_files],
+        y_val,
+        classifier.predict_batch(x_val),
+        class_names,
+        val_failures,
+    )
+    logger.info("best epoch %d of %d (validation loss %.4f)", best_epoch, len(val_losses),
+                val_losses[best_epoch - 1])
+    return run_dir
+
+
+def read_history(run_dir: Path) -> dict[str, list[float]]:
+    """history.csv as columns."""
+    with (Path(run_dir) / "history.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: [float(row[key]) for row in rows] for key in rows[0]} if rows else {}
