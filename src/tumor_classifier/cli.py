@@ -22,13 +22,14 @@ logger = logging.getLogger("tumor_classifier")
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
+    message = f"expected three numbers like 0.6,0.2,0.2, got {text!r}"
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 0.6,0.2,0.2, got {text!r}")
+        raise argparse.ArgumentTypeError(message) from None
     if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 0.6,0.2,0.2, got {text!r}")
-    return values  # type: ignore[return-value]
+        raise argparse.ArgumentTypeError(message)
+    return values[0], values[1], values[2]
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +37,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig(data_dir="", out="")
     parser.add_argument("data_dir", help="folder with train/ and validation/ class folders")
     parser.add_argument("--out", required=True, help="run directory to write")
-    parser.add_argument("--model", default=defaults.model, help="model preset (default: %(default)s)")
+    parser.add_argument("--model", default=defaults.model,
+                        help="model preset (default: %(default)s)")
     for name, kind in (("image_size", int), ("channels", int), ("epochs", int),
                        ("batch_size", int), ("learning_rate", float), ("seed", int),
                        ("workers", int)):

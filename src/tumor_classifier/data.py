@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +50,11 @@ def _is_image_file(path: Path) -> bool:
 
 def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
     """Image files under `folder` (recursively, sorted) and the other files that were skipped."""
-    images, skipped = [], []
+    images: list[Path] = []
+    skipped: list[Path] = []
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or not all(_visible(part) for part in path.relative_to(folder).parts):
+        parts = path.relative_to(folder).parts
+        if not path.is_file() or not all(_visible(part) for part in parts):
             continue
         (images if _is_image_file(path) else skipped).append(path)
     return images, skipped
@@ -155,7 +157,7 @@ def load_images(
     failures: dict[int, str] = {}
     progress = tqdm(total=len(tasks), desc=description, unit="image", disable=len(tasks) < 50)
     if workers == 1 or len(tasks) < 32:
-        results = map(_load_one, tasks)
+        results: Iterator[np.ndarray | str] = map(_load_one, tasks)
         pool = None
     else:
         # "spawn" keeps worker processes free of the parent's TensorFlow threads.

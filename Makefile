@@ -1,0 +1,39 @@
+# Thin wrappers; every target works on a fresh machine with Python >= 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MIAS ?= ../shared/data/mini-mias
+DATA ?= data/mini-mias
+MODEL ?= seed
+RUN ?= runs/$(MODEL)-$(shell date +%Y%m%d-%H%M%S)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+# The main job: prepare mini-MIAS (split by woman), train, evaluate on the test split.
+demo: install
+	@test -f $(DATA)/split.csv || $(BIN)/tumor-classifier prepare mini-mias $(MIAS) $(DATA)
+	$(BIN)/tumor-classifier train $(DATA) --out $(RUN) --model $(MODEL)
+	$(BIN)/tumor-classifier evaluate $(RUN) $(DATA)/test
+	@echo "model: $(RUN)   test report: $(RUN)/evaluation/test/report.txt"
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ramp, write_png
+from tumor_classifier.data import load_images, scan_folder
+
+
+def _dataset(root: Path, classes: dict[str, int]) -> Path:
+    for name, count in classes.items():
+        for index in range(count):
+            write_png(root / name / f"img{index}.png", ramp(dtype=np.uint8, high=255))
+    return root
+
+
+def test_scan_orders_classes_and_files(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "d", {"NOR": 2, "BEN": 1, "CAN": 3})
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / "BEN" / ".DS_Store").write_text("x")
+    (root / "BEN" / "notes.txt").write_text("x")
+    folder = scan_folder(root)
+    assert folder.class_names == ("BEN", "CAN", "NOR")
+    assert folder.counts() == {"BEN": 1, "CAN": 3, "NOR": 2}
+    assert list(folder.labels) == [0, 1, 1, 1, 2, 2]
+
+
+def test_scan_errors_name_the_folder_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing: dataset folder not found"):
+        scan_folder(tmp_path / "missing")
+    (tmp_path / "flat").mkdir()
+    write_png(tmp_path / "flat" / "a.png", ramp(dtype=np.uint8, high=255))
+    with pytest.raises(ValueError, match=r"flat: no class folders; expected one subfolder"):
+        scan_folder(tmp_path / "flat")
+    splits = _dataset(tmp_path / "splits" / "train", {"BEN": 1, "NOR": 1}).parent
+    with pytest.raises(ValueError, match=r"splits: holds split folders \(train\), not class"):
+        scan_folder(splits)
+    root = _dataset(tmp_path / "d", {"BEN": 1, "CAN": 1, "NOR": 1})
+    (root / "CAN" / "img0.png").unlink()
+    with pytest.raises(ValueError, match=r"CAN: class folder holds no images"):
+        scan_folder(root)
+    root = _dataset(tmp_path / "e", {"BEN": 1, "CAN": 1, "NOR": 1, "OTHER": 1})
+    with pytest.raises(ValueError, match=r"unexpected folder\(s\) OTHER; the model's classes"):
+        scan_folder(root, ("BEN", "CAN", "NOR"))
+
+
+def test_load_images_reports_every_failure_and_keeps_going(prepared_mias: Path,
+                                                            tmp_path: Path) -> None:
+    films = sorted((prepared_mias / "test" / "NOR").glob("*.png"))[:40]
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a png")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    files = [*films[:20], bad, *films[20:], empty]
+    images, failures = load_images(files, 64, 1, workers=2)
+    assert sorted(failures) == [20, len(files) - 1]
+    assert "bad.png: not a readable image" in failures[20]
+    assert images.shape == (len(files), 64, 64, 1)
+    assert images[0].max() > 0 and images[20].max() == 0
+    serial, _ = load_images(films[:5], 64, 1, workers=1)
+    np.testing.assert_array_equal(serial, images[:5])
+    assert bad.read_text() == "not a png" and empty.exists()  # never deleted or changed
+    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import csv
+import hashlib
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tumor_classifier.datasets import parse_mias_info, prepare_mini_mias, split_patients
+
+
+def _rows(dest: Path) -> list[dict[str, str]]:
+    with (dest / "split.csv").open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_parse_info_labels_and_circles(mias_dir: Path) -> None:
+    films = parse_mias_info((mias_dir / "Info.txt").read_text(encoding="latin-1"))
+    assert len(films) == 240
+    assert Counter(film.label for film in films.values()) == {"NOR": 155, "BEN": 47, "CAN": 38}
+    assert films["mdb001"].circles == [(535, 425, 197)]
+    assert films["mdb001"].patient_id == films["mdb002"].patient_id == "mias001"
+    assert films["mdb003"].patient_id != films["mdb002"].patient_id
+
+
+def test_prepare_splits_by_woman_and_counts_add_up(mias_dir: Path, prepared_mias: Path) -> None:
+    rows = _rows(prepared_mias)
+    assert len(rows) == 240
+    assert Counter(row["label"] for row in rows) == {"NOR": 155, "BEN": 47, "CAN": 38}
+    splits_of_woman: dict[str, set[str]] = {}
+    for row in rows:
+        splits_of_woman.setdefault(row["patient_id"], set()).add(row["split"])
+        path = prepared_mias / row["file"]
+        assert path.is_file() and path.parts[-3:-1] == (row["split"], row["label"])
+    assert len(splits_of_woman) == 120
+    assert all(len(splits) == 1 for splits in splits_of_woman.values())
+    on_disk = sorted(str(p.relative_to(prepared_mias)) for p in prepared_mias.rglob("*.png"))
+    assert on_disk == sorted(row["file"] for row in rows)
+    per_split = Counter(row["split"] for row in rows)
+    assert per_split["train"] > per_split["validation"] > 0 and per_split["test"] > 0
+    # every split sees every class (stratified by woman's label)
+    for split in ("train", "validation", "test"):
+        assert {row["label"] for row in rows if row["split"] == split} == {"BEN", "CAN", "NOR"}
+    # lossless: same pixels as the source film
+    film = next(row for row in rows if row["file"].endswith("mdb001.png"))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(prepared_mias / film["file"])),
+        np.asarray(Image.open(mias_dir / "mdb001.pgm")),
+    )
+
+
+def test_same_seed_same_split_other_seed_other_split(mias_dir: Path, prepared_mias: Path,
+                                                      tmp_path: Path) -> None:
+    prepare_mini_mias(mias_dir, tmp_path / "again", seed=0)
+    assert _rows(tmp_path / "again") == _rows(prepared_mias)
+    prepare_mini_mias(mias_dir, tmp_path / "other", seed=1)
+    assert _rows(tmp_path / "other") != _rows(prepared_mias)
+
+
+def test_split_patients_fractions_are_respected() -> None:
+    labels = {f"p{index:03d}": "NOR" if index < 60 else "CAN" for index in range(100)}
+    assignment = split_patients(labels, (0.5, 0.25, 0.25), seed=3)
+    assert Counter(assignment.values()) == {"train": 50, "validation": 25, "test": 25}
+    assert Counter(assignment[p] for p in labels if labels[p] == "CAN") == {
+        "train": 20, "validation": 10, "test": 10}
+    with pytest.raises(ValueError, match="fractions must be three non-negative numbers"):
+        split_patients(labels, (0.5, -0.1, 0.6), seed=0)
+
+
+def test_prepare_reads_the_official_archive(mias_dir: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "all-mias.tar.gz"
+    with tarfile.open(archive, "w:gz") as handle:
+        handle.add(mias_dir / "Info.txt", arcname="Info.txt")
+        for number in range(1, 21):
+            path = mias_dir / f"mdb{number:03d}.pgm"
+            if path.exists():
+                handle.add(path, arcname=path.name)
+    counts = prepare_mini_mias(archive, tmp_path / "from_archive")
+    present = len([n for n in range(1, 21) if (mias_dir / f"mdb{n:03d}.pgm").exists()])
+    assert sum(sum(per_class.values()) for per_class in counts.values()) == present
+
+
+def test_prepare_never_touches_the_source_and_refuses_a_full_dest(
+    mias_dir: Path, prepared_mias: Path
+) -> None:
+    digest = hashlib.sha256((mias_dir / "mdb001.pgm").read_bytes()).hexdigest()
+    with pytest.raises(FileExistsError, match="folder exists and is not empty"):
+        prepare_mini_mias(mias_dir, prepared_mias)
+    assert hashlib.sha256((mias_dir / "mdb001.pgm").read_bytes()).hexdigest() == digest
+    with pytest.raises(FileNotFoundError, match="no Info.txt"):
+        prepare_mini_mias(prepared_mias, prepared_mias.parent / "x")

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tumor_classifier.evaluate import compute_metrics, evaluate
+from tumor_classifier.predict import Classifier, expand_paths
+
+
+def test_compute_metrics_on_a_hand_made_example() -> None:
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    probabilities = np.array([[.8, .1, .1], [.2, .5, .3], [.1, .7, .2],
+                              [.1, .1, .8], [.3, .3, .4], [.6, .2, .2]])
+    metrics = compute_metrics(labels, probabilities, ("BEN", "CAN", "NOR"))
+    assert metrics["n"] == 6
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert metrics["majority_baseline"] == pytest.approx(3 / 6)
+    assert metrics["majority_class"] == "NOR"
+    assert metrics["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 2 / 3) / 3)
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+    assert metrics["per_class"]["CAN"]["precision"] == pytest.approx(0.5)
+    assert metrics["per_class"]["CAN"]["auc_ovr"] == pytest.approx(1.0)
+    assert metrics["per_class"]["NOR"]["support"] == 3
+
+
+def test_a_class_missing_from_the_labels_has_no_auc() -> None:
+    metrics = compute_metrics(np.array([0, 2, 2]), np.eye(3)[[0, 2, 1]], ("BEN", "CAN", "NOR"))
+    assert metrics["per_class"]["CAN"]["auc_ovr"] is None
+    assert metrics["macro_auc_ovr"] is not None
+
+
+@pytest.mark.slow
+def test_evaluate_agrees_with_predict_file_by_file(trained_run: Path, prepared_mias: Path,
+                                                   tmp_path: Path) -> None:
+    test_dir = prepared_mias / "test"
+    metrics = evaluate(trained_run, test_dir, tmp_path / "report")
+    for name in ("metrics.json", "confusion_matrix.png", "roc.png", "predictions.csv",
+                 "report.txt"):
+        assert (tmp_path / "report" / name).is_file()
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    for key in ("n", "accuracy", "balanced_accuracy", "majority_baseline", "macro_auc_ovr",
+                "per_class", "confusion_matrix"):
+        assert key in saved
+    assert set(saved["per_class"]["CAN"]) == {"precision", "recall", "f1", "support", "auc_ovr"}
+    assert saved["n"] == len(list(test_dir.rglob("*.png")))
+
+    # predict on the files in another order; pair by file name and recompute the accuracy
+    classifier = Classifier.load(trained_run)
+    files = expand_paths([test_dir])[::-1]
+    results = {Path(r.file): r for r in classifier.predict(files)}
+    correct = sum(results[path].prediction == path.parent.name for path in files)
+    assert metrics["accuracy"] == pytest.approx(correct / len(files))
+    with (tmp_path / "report" / "predictions.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            result = results[Path(row["file"])]
+            assert row["label"] == Path(row["file"]).parent.name
+            assert float(row["prob_CAN"]) == pytest.approx(result.probabilities["CAN"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_evaluate_default_out_and_bad_folders(trained_run: Path, prepared_mias: Path) -> None:
+    with pytest.raises(ValueError, match=r"holds split folders .* not class folders"):
+        evaluate(trained_run, prepared_mias)
+    with pytest.raises(FileNotFoundError, match="no model.keras; pass a run directory"):
+        evaluate(prepared_mias, prepared_mias / "test")

@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ramp, write_dicom, write_png
+from tumor_classifier.imaging import (
+    ImageReadError,
+    load_model_input,
+    preprocess,
+    read_image,
+    read_image_and_metadata,
+)
+
+
+def test_real_mias_film_reads_as_float_in_unit_range(mias_dir: Path) -> None:
+    image = read_image(mias_dir / "mdb001.pgm")
+    raw = np.asarray(Image.open(mias_dir / "mdb001.pgm"))
+    assert image.shape == (1024, 1024) and image.dtype == np.float32
+    np.testing.assert_allclose(image, raw / 255.0, atol=1e-7)
+
+
+def test_16_bit_png_keeps_all_16_bits(tmp_path: Path) -> None:
+    pixels = ramp(dtype=np.uint16, high=65535)
+    pixels[0, 0], pixels[0, 1] = 1000, 1001  # differ only below the top 8 bits
+    image = read_image(write_png(tmp_path / "film16.png", pixels))
+    np.testing.assert_allclose(image, pixels / 65535.0, atol=1e-7)
+    assert image[0, 1] - image[0, 0] == pytest.approx(1 / 65535, abs=1e-9)
+    assert read_image_and_metadata(tmp_path / "film16.png")[1]["bits_stored"] == 16
+
+
+def test_16_bit_tiff(tmp_path: Path) -> None:
+    pixels = ramp(dtype=np.uint16, high=40000)
+    path = tmp_path / "film.tiff"
+    Image.fromarray(pixels).save(path)
+    np.testing.assert_allclose(read_image(path), pixels / 65535.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".pgm", ".tif"])
+def test_8_bit_grey_formats(tmp_path: Path, suffix: str) -> None:
+    pixels = ramp(dtype=np.uint8, high=255)
+    path = tmp_path / f"film{suffix}"
+    Image.fromarray(pixels).save(path)
+    np.testing.assert_allclose(read_image(path), pixels / 255.0, atol=1e-7)
+
+
+def test_colour_modes_become_rgb_and_grey_input(tmp_path: Path) -> None:
+    grey = ramp(dtype=np.uint8, high=255)
+    rgb = np.stack([grey, grey, grey], axis=-1)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=95)
+    for name in ("rgb.png", "rgba.png", "palette.png", "photo.jpg"):
+        image = read_image(tmp_path / name)
+        assert image.shape == (64, 48, 3), name
+        model_input = preprocess(image, 32, 1)
+        assert model_input.shape == (32, 32, 1)
+    np.testing.assert_allclose(read_image(tmp_path / "rgb.png")[..., 0], grey / 255.0, atol=1e-7)
+
+
+def test_preprocess_shapes_and_range() -> None:
+    image = ramp(dtype=np.uint16).astype(np.float32) / 65535
+    out = preprocess(image, 128, 1)
+    assert out.shape == (128, 128, 1) and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert preprocess(image, 64, 3).shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="channels must be 1 or 3, got 2"):
+        preprocess(image, 64, 2)
+
+
+def test_dicom_16_bit_monochrome2_uses_stored_range_and_metadata(tmp_path: Path) -> None:
+    pixels = ramp(dtype=np.uint16, high=4095)
+    path = write_dicom(tmp_path / "film.dcm", pixels, BitsStored=12, HighBit=11)
+    image, metadata = read_image_and_metadata(path)
+    np.testing.assert_allclose(image, pixels / 4095.0, atol=1e-6)
+    assert metadata["modality"] == "MG" and metadata["view"] == "MLO"
+    assert metadata["laterality"] == "L" and metadata["bits_stored"] == 12
+    assert metadata["photometric_interpretation"] == "MONOCHROME2"
+    assert "SECRET-PATIENT-42" not in repr(metadata) and "Doe" not in repr(metadata)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path: Path) -> None:
+    pixels = ramp(dtype=np.uint16, high=65535)
+    normal = read_image(write_dicom(tmp_path / "m2.dcm", pixels))
+    inverted = read_image(
+        write_dicom(tmp_path / "m1.dcm", pixels, PhotometricInterpretation="MONOCHROME1")
+    )
+    np.testing.assert_allclose(inverted, 1.0 - normal, atol=1e-6)
+
+
+def test_dicom_window_and_rescale(tmp_path: Path) -> None:
+    pixels = ramp(dtype=np.uint16, high=4000)
+    path = write_dicom(
+        tmp_path / "window.dcm", pixels, RescaleSlope=2, RescaleIntercept=-1000,
+        WindowCenter=3000, WindowWidth=2001,
+    )
+    image = read_image(path)
+    values = pixels.astype(np.float64) * 2 - 1000
+    expected = np.clip((values - 2999.5) / 2000 + 0.5, 0, 1)
+    np.testing.assert_allclose(image, expected, atol=1e-6)
+
+
+def test_dicom_recognised_by_preamble_without_extension(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "IM0001", ramp())
+    assert read_image(path).shape == (64, 48)
+
+
+def test_dicom_multiframe_and_no_pixel_data_are_refused(tmp_path: Path) -> None:
+    pixels = np.concatenate([ramp(), ramp()])
+    multi = write_dicom(tmp_path / "multi.dcm", pixels, NumberOfFrames=2, Rows=64)
+    with pytest.raises(ImageReadError, match=r"multi.dcm: multi-frame DICOM \(2 frames"):
+        read_image(multi)
+    empty = write_dicom(tmp_path / "report.dcm", ramp())
+    import pydicom
+
+    dataset = pydicom.dcmread(empty)
+    del dataset.PixelData
+    dataset.save_as(empty)
+    with pytest.raises(ImageReadError, match="report.dcm: DICOM without pixel data"):
+        read_image(empty)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size: a decompression bomb's signature."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b""))
+
+
+def test_bad_inputs_each_get_one_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    good = io.BytesIO()
+    Image.fromarray(ramp(256, 256, np.uint8, 255)).save(good, format="PNG")
+    (tmp_path / "truncated.png").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (tmp_path / "notes.png").write_text("this is not an image")
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(100_000, 100_000))
+    write_png(tmp_path / "pixel.png", np.array([[7]], np.uint8))
+    write_png(tmp_path / "black.png", np.zeros((64, 64), np.uint8))
+    dicom = write_dicom(tmp_path / "full.dcm", ramp(128, 128)).read_bytes()
+    (tmp_path / "truncated.dcm").write_bytes(dicom[: len(dicom) - 5000])
+    (tmp_path / "notes.dcm").write_text("not dicom either")
+    (tmp_path / "folder.png").mkdir()
+    expected = {
+        "empty.png": r"empty.png: empty file \(0 bytes\)",
+        "truncated.png": r"truncated.png: cannot decode image .* truncated",
+        "notes.png": r"notes.png: not a readable image \(unknown format\)",
+        "bomb.png": r"bomb.png: image claims .* \(possible decompression bomb",
+        "pixel.png": r"pixel.png: image is 1x1 pixels, too small",
+        "black.png": r"black.png: image is constant \(every pixel is 0\)",
+        "truncated.dcm": r"truncated.dcm: cannot decode DICOM pixel data",
+        "notes.dcm": r"notes.dcm: not a DICOM file",
+        "folder.png": r"folder.png: is a folder, not an image file",
+    }
+    for name, message in expected.items():
+        with pytest.raises(ImageReadError, match=message):
+            read_image(tmp_path / name)
+
+
+def test_unicode_and_spaces_in_names_simply_work(tmp_path: Path) -> None:
+    path = write_png(tmp_path / "Mammographie gauche — été.png", ramp(dtype=np.uint8, high=255))
+    assert load_model_input(path, 32, 1).shape == (32, 32, 1)
+
+
+def test_file_object_upload(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "upload.dcm", ramp())
+    from_file = read_image(io.BytesIO(path.read_bytes()), name="upload.dcm")
+    np.testing.assert_array_equal(from_file, read_image(path))

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tumor_classifier.config import TrainConfig
+from tumor_classifier.train import class_weights, train
+
+COUNTS = {"BEN": 10, "CAN": 10, "NOR": 80}
+
+
+def test_class_weights_balanced_none_and_explicit() -> None:
+    balanced = class_weights("balanced", COUNTS)
+    assert balanced == pytest.approx({0: 100 / 30, 1: 100 / 30, 2: 100 / 240})
+    # every class contributes equally to the loss
+    assert balanced[0] * 10 == pytest.approx(balanced[2] * 80)
+    assert class_weights("none", COUNTS) is None
+    assert class_weights("BEN=5,CAN=5,NOR=1", COUNTS) == {0: 5.0, 1: 5.0, 2: 1.0}
+    with pytest.raises(ValueError, match=r"give one positive weight for each class \(BEN, CAN"):
+        class_weights("BEN=5,NOR=1", COUNTS)
+    with pytest.raises(ValueError, match=r"'BEN' is not NAME=NUMBER"):
+        class_weights("BEN,CAN=1,NOR=1", COUNTS)
+
+
+def test_config_json_round_trip() -> None:
+    config = TrainConfig(data_dir="d", out="o", epochs=3, patience=2)
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match=r"Unknown training option\(s\) \['epoch'\]"):
+        TrainConfig.from_dict({"data_dir": "d", "out": "o", "epoch": 3})
+
+
+@pytest.mark.slow
+def test_training_on_real_films_writes_a_complete_run_directory(trained_run: Path) -> None:
+    for name in ("model.keras", "config.json", "history.csv", "plots/history.png",
+                 "evaluation/validation/metrics.json", "evaluation/validation/report.txt",
+                 "evaluation/validation/confusion_matrix.png", "evaluation/validation/roc.png",
+                 "evaluation/validation/predictions.csv"):
+        assert (trained_run / name).is_file(), name
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["class_names"] == ["BEN", "CAN", "NOR"]
+    assert config["input_shape"] == [128, 128, 1] and config["parameters"] == 1_629_443
+    assert config["training"]["seed"] == 0 and config["versions"]["keras"]
+    assert sum(config["data"]["train"].values()) > sum(config["data"]["validation"].values())
+    assert config["class_weight"]["CAN"] > config["class_weight"]["NOR"]
+    with (trained_run / "history.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert len(history) == 2 and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(
+        history[0])
+    assert 1 <= config["best_epoch"] <= 2
+    metrics = json.loads((trained_run / "evaluation/validation/metrics.json").read_text())
+    assert metrics["n"] == sum(config["data"]["validation"].values())
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_train_refuses_unreadable_files_then_skips_them_on_request(small_dataset: Path,
+                                                                    tmp_path: Path) -> None:
+    (small_dataset / "train" / "CAN" / "broken scan.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (small_dataset / "validation" / "NOR" / "empty.png").write_bytes(b"")
+    before = _digest(small_dataset)
+    config = TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "run"), epochs=1,
+                         image_size=64, workers=1)
+    with pytest.raises(ValueError, match=r"(?s)2 unreadable image\(s\).*broken scan.png.*"
+                       r"empty.png: empty file.*--skip-unreadable"):
+        train(config)
+    assert not (tmp_path / "run" / "model.keras").exists()
+    run_dir = train(TrainConfig(**{**config.to_dict(), "skip_unreadable": True}))
+    skipped = json.loads((run_dir / "config.json").read_text())["unreadable_skipped"]
+    assert len(skipped) == 2 and "broken scan.png" in skipped[0]
+    assert _digest(small_dataset) == before  # nothing deleted or modified
+    with pytest.raises(FileExistsError, match="already holds a trained model"):
+        train(TrainConfig(**{**config.to_dict(), "skip_unreadable": True}))
+
+
+@pytest.mark.slow
+def test_explicit_steps_and_early_stopping(small_dataset: Path, tmp_path: Path) -> None:
+    run_dir = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"),
+                                epochs=4, image_size=64, batch_size=4, steps_per_epoch=2,
+                                validation_steps=1, patience=1, learning_rate=0.0,
+                                class_weight="BEN=5,CAN=5,NOR=1", workers=1))
+    config = json.loads((run_dir / "config.json").read_text())
+    # with a zero learning rate validation loss never improves: early stopping after 2 epochs
+    assert config["epochs_run"] == 2
+    assert config["class_weight"] == {"BEN": 5.0, "CAN": 5.0, "NOR": 1.0}
