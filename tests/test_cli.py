@@ -66,3 +66,57 @@ def test_jax_backend_smoke(small_dataset: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert float(done.stdout.strip().splitlines()[-1]) == pytest.approx(1.0, abs=1e-4)
     assert np.isclose(1.0, 1.0)
+
+
+def _to_dicom(png: Path, target: Path, compressed: bool, monochrome1: bool) -> None:
+    """A real film as a 16-bit DICOM that reads back to the same picture."""
+    import pydicom
+    from conftest import write_dicom
+    from PIL import Image
+    from pydicom.uid import RLELossless
+
+    pixels = np.asarray(Image.open(png), np.uint16) * 257  # 8 -> 16 bits, same [0, 1] values
+    attributes: dict[str, object] = {}
+    if monochrome1:
+        pixels = 65535 - pixels
+        attributes["PhotometricInterpretation"] = "MONOCHROME1"
+    path = write_dicom(target, pixels, **attributes)
+    if compressed:
+        dataset = pydicom.dcmread(path)
+        dataset.compress(RLELossless)
+        dataset.save_as(path)
+    from tumor_classifier.imaging import read_image
+
+    np.testing.assert_allclose(read_image(path), read_image(png), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_dicom_datasets_train_evaluate_predict_without_leaking_identifiers(
+    small_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Replace two of every three real films by DICOM (RLE or MONOCHROME1): a mixed dataset.
+    pngs = sorted(small_dataset.rglob("*.png"))
+    for index, png in enumerate(pngs):
+        if index % 3:
+            _to_dicom(png, png.with_suffix(".dcm"), compressed=index % 3 == 1,
+                      monochrome1=index % 2 == 0)
+            png.unlink()
+    run_dir = tmp_path / "run"
+    assert main(["train", str(small_dataset), "--out", str(run_dir), "--epochs", "1",
+                 "--image-size", "64", "--workers", "1"]) == 0
+    assert main(["evaluate", str(run_dir), str(small_dataset / "validation")]) == 0
+    dicoms = sorted(small_dataset.rglob("*.dcm"))
+    assert main(["predict", str(run_dir), *map(str, dicoms), "--csv",
+                 str(tmp_path / "p.csv")]) == 0
+    metrics = (run_dir / "evaluation" / "validation" / "metrics.json").read_text()
+    assert '"n": 9' in metrics
+    captured = capsys.readouterr()
+    texts = [captured.out, captured.err, caplog.text]
+    written = [*run_dir.rglob("*"), tmp_path / "p.csv"]
+    texts += [path.read_text(errors="ignore") for path in written
+              if path.is_file() and path.suffix in (".json", ".csv", ".txt")]
+    for text in texts:
+        for identifier in ("SECRET-PATIENT-42", "Doe^Jane", "19600101"):
+            assert identifier not in text
+    assert all(str(path) in captured.out for path in dicoms)

@@ -175,3 +175,69 @@ def test_file_object_upload(tmp_path: Path) -> None:
     path = write_dicom(tmp_path / "upload.dcm", ramp())
     from_file = read_image(io.BytesIO(path.read_bytes()), name="upload.dcm")
     np.testing.assert_array_equal(from_file, read_image(path))
+
+
+def _real_film_12_bit(mias_dir: Path, size: int = 256) -> np.ndarray:
+    """A real mini-MIAS film as 12-bit pixels (the 8 bits shifted up, plus a low-bit ramp)."""
+    film = np.asarray(Image.open(mias_dir / "mdb028.pgm").resize((size, size)), np.uint16)
+    return (film << 4) | (np.arange(size * size, dtype=np.uint16).reshape(size, size) % 16)
+
+
+def _compressed(path: Path, pixels: np.ndarray, syntax: str) -> Path:
+    import imagecodecs
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, JPEGLossless
+
+    if syntax == JPEGBaseline8Bit:
+        eight = (pixels >> 4).astype(np.uint8)
+        encoded = io.BytesIO()
+        Image.fromarray(eight).save(encoded, format="JPEG", quality=95)
+        dataset = pydicom.dcmread(write_dicom(path, eight))
+        dataset.PixelData = encapsulate([encoded.getvalue()])
+    elif syntax == JPEGLossless:
+        dataset = pydicom.dcmread(write_dicom(path, pixels, BitsStored=12, HighBit=11))
+        dataset.PixelData = encapsulate([imagecodecs.ljpeg_encode(pixels, bitspersample=12)])
+    else:
+        dataset = pydicom.dcmread(write_dicom(path, pixels, BitsStored=12, HighBit=11))
+        dataset.compress(syntax)
+        dataset.save_as(path)
+        return path
+    dataset.file_meta.TransferSyntaxUID = syntax
+    dataset["PixelData"].VR = "OB"
+    dataset.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("syntax", [
+    "1.2.840.10008.1.2.5",      # RLE Lossless
+    "1.2.840.10008.1.2.4.57",   # JPEG Lossless, process 14
+    "1.2.840.10008.1.2.4.80",   # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.90",   # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.50",   # JPEG Baseline (lossy, 8-bit)
+])
+def test_compressed_dicom_transfer_syntaxes_of_real_films(mias_dir: Path, tmp_path: Path,
+                                                          syntax: str) -> None:
+    pixels = _real_film_12_bit(mias_dir)
+    image, metadata = read_image_and_metadata(_compressed(tmp_path / "c.dcm", pixels, syntax))
+    assert image.shape == pixels.shape
+    if syntax.endswith(".50"):
+        np.testing.assert_allclose(image, (pixels >> 4) / 255.0, atol=0.05)
+    else:
+        np.testing.assert_allclose(image, pixels / 4095.0, atol=1e-6)  # bit-exact
+        assert metadata["bits_stored"] == 12
+
+
+def test_unsupported_transfer_syntax_is_named(tmp_path: Path) -> None:
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    path = write_dicom(tmp_path / "video.dcm", ramp())
+    dataset = pydicom.dcmread(path)
+    dataset.PixelData = encapsulate([b"\xff\x0a" + b"\x00" * 64])
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"  # MPEG-4 AVC/H.264
+    dataset.save_as(path)
+    with pytest.raises(ImageReadError,
+                       match=r"video.dcm: cannot decode DICOM transfer syntax 'MPEG-4 AVC"):
+        read_image(path)

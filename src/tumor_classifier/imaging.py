@@ -81,7 +81,11 @@ def read_image_and_metadata(
     identifiers)."""
     label, data, dicom = _load_bytes(source, name)
     if dicom:
-        image, metadata = _read_dicom(label, data)
+        # pydicom warns about non-conformant values by quoting them; those values may be
+        # patient identifiers, which must never reach a log.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image, metadata = _read_dicom(label, data)
     else:
         image, metadata = _read_pillow(label, data)
     if image.ndim == 3 and image.shape[2] == 1:

@@ -197,6 +197,7 @@ def train(config: TrainConfig) -> Path:
             keras.utils.to_categorical(y_val[val_index], len(class_names)),
         ),
         validation_batch_size=config.batch_size,
+        shuffle=False,  # `batches` already reshuffles every pass
         callbacks=callbacks,
         verbose=2,  # one line per epoch
     )
