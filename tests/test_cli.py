@@ -71,9 +71,10 @@ def test_jax_backend_smoke(small_dataset: Path, tmp_path: Path) -> None:
 def _to_dicom(png: Path, target: Path, compressed: bool, monochrome1: bool) -> None:
     """A real film as a 16-bit DICOM that reads back to the same picture."""
     import pydicom
-    from conftest import write_dicom
     from PIL import Image
     from pydicom.uid import RLELossless
+
+    from conftest import write_dicom
 
     pixels = np.asarray(Image.open(png), np.uint16) * 257  # 8 -> 16 bits, same [0, 1] values
     attributes: dict[str, object] = {}
