@@ -241,3 +241,115 @@ def test_unsupported_transfer_syntax_is_named(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError,
                        match=r"video.dcm: cannot decode DICOM transfer syntax 'MPEG-4 AVC"):
         read_image(path)
+
+
+def _pydicom_file(name: str) -> Path:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    assert path is not None, f"pydicom test file {name} is not installed"
+    return Path(path)
+
+
+@pytest.mark.parametrize("name", [
+    "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
+    "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_expb.dcm",
+])
+def test_pydicom_lossless_and_big_endian_files_match_the_uncompressed_original(name: str) -> None:
+    original = read_image(_pydicom_file("MR_small.dcm"))
+    np.testing.assert_array_equal(read_image(_pydicom_file(name)), original)
+
+
+@pytest.mark.parametrize("name, shape", [
+    ("CT_small.dcm", (128, 128)),
+    ("image_dfl.dcm", (512, 512)),                  # deflated
+    ("JPGExtended.dcm", (1024, 256)),                # JPEG extended, 12-bit
+    ("JPEG2000.dcm", (1024, 256)),
+    ("SC_rgb_jpeg_gdcm.dcm", (100, 100, 3)),         # JPEG lossless SV1, RGB
+    ("SC_rgb_jpeg_dcmtk.dcm", (100, 100, 3)),        # JPEG baseline, YBR
+    ("examples_palette.dcm", (350, 800, 3)),         # palette colour
+])
+def test_pydicom_image_files_read(name: str, shape: tuple[int, ...]) -> None:
+    image = read_image(_pydicom_file(name))
+    assert image.shape == shape and 0.0 <= image.min() and image.max() <= 1.0
+
+
+@pytest.mark.parametrize("name, message", [
+    ("MR_truncated.dcm", "cannot decode DICOM pixel data"),
+    ("reportsi.dcm", r"DICOM without pixel data \(Basic Text SR Storage\): not an image"),
+    ("rtplan.dcm", r"DICOM without pixel data \(RT Plan Storage\)"),
+    ("no_meta.dcm", "not a DICOM file"),
+    ("rtdose.dcm", r"multi-frame DICOM \(15 frames"),
+])
+def test_pydicom_non_image_and_damaged_files_are_refused(name: str, message: str) -> None:
+    with pytest.raises(ImageReadError, match=f"{name}: {message}"):
+        read_image(_pydicom_file(name))
+
+
+def test_dicom_voi_lut_sequence(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    pixels = ramp(dtype=np.uint16, high=255)
+    lut = Dataset()
+    lut.LUTDescriptor = [256, 0, 8]
+    # an inverting 8-bit LUT, stored as 16-bit words (OW)
+    lut.LUTData = np.arange(255, -1, -1, dtype=np.uint16).tobytes()
+    path = write_dicom(tmp_path / "voi.dcm", pixels, BitsStored=8, HighBit=7,
+                       VOILUTSequence=[lut])
+    np.testing.assert_allclose(read_image(path), 1.0 - pixels / 255.0, atol=1e-6)
+
+
+def test_dicom_bomb_is_refused_from_the_header(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "huge.dcm", ramp())
+    import pydicom
+
+    dataset = pydicom.dcmread(path)
+    dataset.Rows, dataset.Columns = 60000, 60000
+    dataset.save_as(path)
+    with pytest.raises(ImageReadError, match=r"huge.dcm: image claims 60000x60000 pixels"):
+        read_image(path)
+
+
+# Property test: whatever bytes arrive, read_image either works or raises ImageReadError.
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _valid_files() -> dict[str, bytes]:
+    files = {}
+    for suffix, pixels in ((".png", ramp(dtype=np.uint16)), (".tif", ramp(dtype=np.uint16)),
+                           (".jpg", ramp(dtype=np.uint8, high=255))):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=Image.registered_extensions()[suffix])
+        files[suffix] = buffer.getvalue()
+    for name in ("MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"):
+        files[".dcm" + name] = _pydicom_file(name).read_bytes()
+    return files
+
+
+VALID_FILES = _valid_files()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(sorted(VALID_FILES)), cut=st.floats(0, 1),
+       noise=st.binary(max_size=64), position=st.floats(0, 1))
+def test_random_truncations_and_corruptions_only_raise_image_read_error(
+    kind: str, cut: float, noise: bytes, position: float
+) -> None:
+    data = VALID_FILES[kind][: int(len(VALID_FILES[kind]) * cut)]
+    at = int(len(data) * position)
+    data = data[:at] + noise + data[at + len(noise):]
+    suffix = ".dcm" if kind.startswith(".dcm") else kind
+    try:
+        image = read_image(io.BytesIO(data), name=f"fuzz{suffix}")
+    except ImageReadError as error:
+        assert str(error).startswith(f"fuzz{suffix}: ")
+    else:
+        assert image.dtype == np.float32 and np.isfinite(image).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=2048), suffix=st.sampled_from([".png", ".dcm", ".tif", ".jpg"]))
+def test_random_bytes_only_raise_image_read_error(data: bytes, suffix: str) -> None:
+    with pytest.raises(ImageReadError, match=f"^random{suffix}: "):
+        read_image(io.BytesIO(data), name=f"random{suffix}")

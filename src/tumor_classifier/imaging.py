@@ -80,14 +80,22 @@ def read_image_and_metadata(
     modality, view, laterality, bits stored and photometric interpretation (never patient
     identifiers)."""
     label, data, dicom = _load_bytes(source, name)
-    if dicom:
-        # pydicom warns about non-conformant values by quoting them; those values may be
-        # patient identifiers, which must never reach a log.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            image, metadata = _read_dicom(label, data)
-    else:
-        image, metadata = _read_pillow(label, data)
+    try:
+        if dicom:
+            # pydicom warns about non-conformant values by quoting them; those values may be
+            # patient identifiers, which must never reach a log.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                image, metadata = _read_dicom(label, data)
+        else:
+            image, metadata = _read_pillow(label, data)
+    except ImageReadError:
+        raise
+    except Exception as error:  # decoders raise many types on damaged files; one error out
+        raise ImageReadError(
+            f"{label}: cannot read image ({type(error).__name__}: {error}); the file may be "
+            "truncated or damaged, re-copy or re-export it."
+        ) from error
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     height, width = image.shape[:2]
@@ -210,15 +218,22 @@ def _min_max(values: np.ndarray) -> np.ndarray:
 def _read_dicom(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
+    not_dicom = ImageReadError(
+        f"{label}: not a DICOM file (no DICM preamble or file meta); re-export it or give "
+        "it the right extension."
+    )
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
-    except InvalidDicomError as error:
-        raise ImageReadError(
-            f"{label}: not a DICOM file (no DICM preamble or file meta); re-export it or give "
-            "it the right extension."
-        ) from error
+        try:
+            dataset = pydicom.dcmread(io.BytesIO(data))
+        except InvalidDicomError:
+            # Old files may lack the preamble and file meta; a .dcm file gets a second try.
+            dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+            if not any(keyword in dataset for keyword in ("SOPClassUID", "Modality", "Rows")):
+                raise not_dicom from None
+    except ImageReadError:
+        raise
     except Exception as error:  # pydicom raises many types for damaged headers
         raise ImageReadError(
             f"{label}: cannot parse DICOM header ({type(error).__name__}: {error}); the file "
@@ -232,15 +247,16 @@ def _read_dicom(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
             value = dataset.get("Laterality")  # series-level fallback
         metadata[key] = None if value in (None, "") else (str(value) if key != "bits_stored"
                                                         else int(value))
-    transfer_syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None)
+    file_meta = getattr(dataset, "file_meta", None)
+    transfer_syntax = getattr(file_meta, "TransferSyntaxUID", None)
     metadata["transfer_syntax"] = transfer_syntax.name if transfer_syntax else None
 
     if "PixelData" not in dataset:
         sop_class = dataset.get("SOPClassUID")
         kind = sop_class.name if sop_class is not None else "unknown SOP class"
         raise ImageReadError(
-            f"{label}: DICOM without pixel data ({kind}, e.g. a structured report); pass an "
-            "image DICOM instead."
+            f"{label}: DICOM without pixel data ({kind}): not an image (a structured "
+            "report, plan or other non-image object); pass an image DICOM instead."
         )
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
@@ -268,6 +284,9 @@ def _read_dicom(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
 
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
     bits_stored = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 8)))
+    if photometric == "PALETTE COLOR":
+        lut_bits = int(dataset.RedPaletteColorLookupTableDescriptor[2])
+        return apply_color_lut(stored, dataset) / float(2**lut_bits - 1), metadata
     if not photometric.startswith("MONOCHROME"):
         # Colour (RGB, YBR converted to RGB by pydicom): scale by the stored range.
         return stored.astype(np.float32) / float(2**bits_stored - 1), metadata
