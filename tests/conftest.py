@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Decoded-image caches of the test run go to a fresh folder, never the user's ~/.cache.
+os.environ["TUMOR_CLASSIFIER_CACHE"] = tempfile.mkdtemp(prefix="tumor-classifier-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 MIAS_DIR = Path(os.environ.get("TUMOR_CLASSIFIER_MIAS", ROOT.parent / "shared/data/mini-mias"))

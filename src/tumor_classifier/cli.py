@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .cache import CacheWriteError
 from .config import CLASS_DESCRIPTIONS, TrainConfig
 
 logger = logging.getLogger("tumor_classifier")
@@ -48,6 +49,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
                         help="balanced | none | BEN=5,CAN=5,NOR=1 (default: %(default)s)")
     for name in ("steps_per_epoch", "validation_steps", "patience"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    parser.add_argument("--cache-dir", default=None,
+                        help="decoded-image cache (default: ~/.cache/tumor-classifier)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="train without unreadable images instead of refusing to start")
 
@@ -77,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data_dir", type=Path)
     evaluate.add_argument("--out", type=Path, default=None)
     evaluate.add_argument("--workers", type=int, default=0)
+    evaluate.add_argument("--cache-dir", type=Path, default=None)
 
     predict = commands.add_parser("predict", help="classify image files or folders")
     predict.add_argument("run_dir", type=Path)
@@ -112,7 +116,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    metrics = evaluate(args.run_dir, args.data_dir, args.out, args.workers)
+    metrics = evaluate(args.run_dir, args.data_dir, args.out, args.workers, args.cache_dir)
     report_dir = Path(metrics["report_dir"])
     print((report_dir / "report.txt").read_text(encoding="utf-8"))
     if metrics["unreadable"]:
@@ -163,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "predict": _predict}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, CacheWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -47,6 +47,8 @@ class TrainConfig:
     skip_unreadable: bool = False
     # Processes that decode images; 0 = one per CPU core.
     workers: int = 0
+    # Where decoded images are cached (None: $TUMOR_CLASSIFIER_CACHE or ~/.cache/...).
+    cache_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,20 +1,14 @@
-"""Scan and validate a class-folder dataset, and decode its images once into arrays."""
+"""Scan and validate a class-folder dataset (decoding happens once, in `cache`)."""
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
-
 from .datasets import SPLITS
-from .imaging import IMAGE_EXTENSIONS, ImageReadError, is_dicom, load_model_input
+from .imaging import IMAGE_EXTENSIONS, is_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -130,48 +124,3 @@ def scan_folder(root: Path | str, class_names: Sequence[str] | None = None) -> I
             root, len(skipped_all), skipped_all[0],
         )
     return ImageFolder(root, names, tuple(files), tuple(labels))
-
-
-def _load_one(task: tuple[Path, int, int]) -> np.ndarray | str:
-    path, image_size, channels = task
-    try:
-        return load_model_input(path, image_size, channels)
-    except ImageReadError as error:
-        return str(error)
-
-
-def load_images(
-    files: Sequence[Path], image_size: int, channels: int, workers: int = 0,
-    description: str = "decoding",
-) -> tuple[np.ndarray, dict[int, str]]:
-    """Decode and preprocess `files`, in parallel, in their order.
-
-    Returns:
-        The images, (n, image_size, image_size, channels) float32 in [0, 1], with a zero
-        image where a file failed, and the failed files' messages by index. Callers decide what a
-        failure means; nothing here stops at the first one.
-    """
-    tasks = [(Path(path), image_size, channels) for path in files]
-    workers = workers or os.cpu_count() or 1
-    images = np.zeros((len(tasks), image_size, image_size, channels), np.float32)
-    failures: dict[int, str] = {}
-    progress = tqdm(total=len(tasks), desc=description, unit="image", disable=len(tasks) < 50)
-    if workers == 1 or len(tasks) < 32:
-        results: Iterator[np.ndarray | str] = map(_load_one, tasks)
-        pool = None
-    else:
-        # "spawn" keeps worker processes free of the parent's TensorFlow threads.
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        results = pool.map(_load_one, tasks, chunksize=max(1, len(tasks) // (workers * 8)))
-    try:
-        for index, result in enumerate(results):
-            if isinstance(result, str):
-                failures[index] = result
-            else:
-                images[index] = result
-            progress.update()
-    finally:
-        progress.close()
-        if pool is not None:
-            pool.shutdown()
-    return images, failures

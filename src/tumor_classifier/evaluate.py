@@ -19,8 +19,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from .cache import cache_images
 from .config import save_json
-from .data import load_images, scan_folder
+from .data import scan_folder
 from .plots import plot_confusion_matrix, plot_roc, save_figure
 from .predict import Classifier
 
@@ -130,6 +131,7 @@ def evaluate(
     data_dir: Path | str,
     out: Path | str | None = None,
     workers: int = 0,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a class-folder dataset and write the report.
 
@@ -144,15 +146,16 @@ def evaluate(
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     classifier = Classifier.load(run_dir)
     folder = scan_folder(data_dir, classifier.class_names)
-    images, failures = load_images(
-        folder.files, classifier.image_size, classifier.channels, workers, "reading"
-    )
+    images = cache_images(folder.root, folder.files, classifier.image_size,
+                          classifier.channels, cache_dir, workers, "reading")
+    failures = images.failures
     for message in failures.values():
         logger.error("%s", message)
     keep = np.array([index not in failures for index in range(len(folder.files))], bool)
     if not keep.any():
         raise ValueError(f"{data_dir}: none of the {len(keep)} images could be read.")
-    probabilities = classifier.predict_batch(images[keep])
+    # One unshuffled pass in file order; rows that failed to decode are dropped after.
+    probabilities = classifier.predict_batch(images)[keep]
     files = [str(path) for path, kept in zip(folder.files, keep, strict=True) if kept]
     labels = np.asarray(folder.labels)[keep]
     out = Path(out) if out else run_dir / "evaluation" / data_dir.resolve().name

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache import CachedImages
 from .config import load_json
 from .data import list_images
 from .imaging import ImageReadError, Source, preprocess, read_image_and_metadata
@@ -63,7 +64,8 @@ class Classifier:
         model = keras.models.load_model(model_path, compile=False)
         return cls(model, config, run_dir)
 
-    def predict_batch(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def predict_batch(self, images: np.ndarray | CachedImages,
+                      batch_size: int = 64) -> np.ndarray:
         """Class probabilities for preprocessed images (n, size, size, channels).
 
         Calls the model directly in inference mode instead of `model.predict`, whose

@@ -7,6 +7,8 @@ import datetime
 import logging
 import math
 import platform
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .cache import CachedImages, cache_images
 from .config import TrainConfig, save_json
-from .data import ImageFolder, load_images, scan_folder
+from .data import ImageFolder, scan_folder
 from .evaluate import write_evaluation
 from .plots import plot_history, save_figure
 
@@ -57,39 +60,64 @@ def class_weights(spec: str, counts: dict[str, int]) -> dict[int, float] | None:
 
 
 def batches(
-    images: np.ndarray,
+    images: np.ndarray | CachedImages,
+    rows: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
     batch_size: int,
-    weights: dict[int, float] | None,
-    seed: int,
+    weights: dict[int, float] | None = None,
+    seed: int | None = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Endless (images, one-hot labels, class weights) batches, reshuffled every pass.
+    """Endless (images, one-hot labels, class weights) batches of `images[rows]`.
 
-    Endless like `flow_from_directory`, so any `steps_per_epoch` works; class weights are
-    given as per-sample weights, which is what Keras does with `class_weight` and works the
-    same on every backend.
+    Reshuffled every pass with `seed`; `seed=None` keeps the order (validation). Endless like
+    `flow_from_directory`, so any `steps_per_epoch` works; class weights become per-sample
+    weights, which is what Keras does with `class_weight`, the same on every backend.
     """
     rng = np.random.default_rng(seed)
     one_hot = np.eye(num_classes, dtype=np.float32)[labels]
     sample_weights = (np.ones(len(labels), np.float32) if weights is None else
                       np.array([weights[int(label)] for label in labels], np.float32))
     while True:
-        order = rng.permutation(len(labels))
+        order = np.arange(len(rows)) if seed is None else rng.permutation(len(rows))
         for start in range(0, len(order), batch_size):
-            index = np.sort(order[start : start + batch_size])  # sorted: faster memmap reads
-            yield images[index], one_hot[index], sample_weights[index]
+            chosen = np.sort(order[start : start + batch_size])  # sorted: sequential reads
+            yield images[rows[chosen]], one_hot[chosen], sample_weights[chosen]
+
+
+def prefetch(iterator: Iterator[Any], size: int = 4) -> Iterator[Any]:
+    """Run `iterator` in a background thread, `size` items ahead (reads overlap compute)."""
+    items: queue.Queue[Any] = queue.Queue(size)
+    done = object()
+
+    def fill() -> None:
+        try:
+            for item in iterator:
+                items.put(item)
+        except BaseException as error:  # re-raised in the consumer
+            items.put(error)
+        items.put(done)
+
+    threading.Thread(target=fill, daemon=True).start()
+    while (item := items.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _load_split(
     folder: ImageFolder, config: TrainConfig, name: str
-) -> tuple[np.ndarray, np.ndarray, list[Path], list[str]]:
-    images, failures = load_images(
-        folder.files, config.image_size, config.channels, config.workers, f"decoding {name}"
-    )
-    keep = np.array([index not in failures for index in range(len(folder.files))], bool)
-    files = [path for path, kept in zip(folder.files, keep, strict=True) if kept]
-    return images[keep], np.asarray(folder.labels)[keep], files, list(failures.values())
+) -> tuple[CachedImages, np.ndarray, np.ndarray, list[Path], list[str]]:
+    """The split's cached images, the rows that decoded, their labels and files, and the
+    messages of the files that did not."""
+    images = cache_images(folder.root, folder.files, config.image_size, config.channels,
+                          Path(config.cache_dir) if config.cache_dir else None,
+                          config.workers, f"decoding {name}")
+    rows = np.array([row for row in range(len(folder.files)) if row not in images.failures],
+                    dtype=np.int64)
+    labels = np.asarray(folder.labels, dtype=np.int64)[rows]
+    files = [folder.files[row] for row in rows]
+    return images, rows, labels, files, list(images.failures.values())
 
 
 def _versions() -> dict[str, str]:
@@ -146,8 +174,10 @@ def train(config: TrainConfig) -> Path:
     weights = class_weights(config.class_weight, train_folder.counts())
 
     # Decode every image once, before the first epoch; every problem is reported together.
-    x_train, y_train, train_files, train_failures = _load_split(train_folder, config, "train")
-    x_val, y_val, val_files, val_failures = _load_split(
+    x_train, train_rows, y_train, train_files, train_failures = _load_split(
+        train_folder, config, "train"
+    )
+    x_val, val_rows, y_val, val_files, val_failures = _load_split(
         validation_folder, config, "validation"
     )
     unreadable = train_failures + val_failures
@@ -160,7 +190,7 @@ def train(config: TrainConfig) -> Path:
         )
     for message in unreadable:
         logger.warning("skipped: %s", message)
-    if len(x_train) == 0 or len(x_val) == 0:
+    if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError(f"{data_dir}: no readable images in train/ or validation/.")
 
     keras.utils.set_random_seed(config.seed)
@@ -182,22 +212,23 @@ def train(config: TrainConfig) -> Path:
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
         )
     started = datetime.datetime.now(datetime.UTC)
-    # Validation: the whole split, or with --validation-steps the same seeded random subset
-    # every epoch (the files are sorted by class, so a plain prefix would be one class).
-    val_index = np.arange(len(x_val))
+    # Validation: the whole split in order every epoch, or with --validation-steps the same
+    # seeded random subset (files are sorted by class, so a plain prefix would be one class).
+    val_subset = np.arange(len(val_rows))
     if config.validation_steps is not None:
-        count = min(len(x_val), config.validation_steps * config.batch_size)
-        val_index = np.sort(np.random.default_rng(config.seed).permutation(len(x_val))[:count])
+        count = min(len(val_rows), config.validation_steps * config.batch_size)
+        val_subset = np.sort(
+            np.random.default_rng(config.seed).permutation(len(val_rows))[:count]
+        )
+    num_classes = len(class_names)
     history = model.fit(
-        batches(x_train, y_train, len(class_names), config.batch_size, weights, config.seed),
+        prefetch(batches(x_train, train_rows, y_train, num_classes, config.batch_size,
+                         weights, config.seed)),
         epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch or math.ceil(len(x_train) / config.batch_size),
-        validation_data=(
-            x_val[val_index],
-            keras.utils.to_categorical(y_val[val_index], len(class_names)),
-        ),
-        validation_batch_size=config.batch_size,
-        shuffle=False,  # `batches` already reshuffles every pass
+        steps_per_epoch=config.steps_per_epoch or math.ceil(len(train_rows) / config.batch_size),
+        validation_data=prefetch(batches(x_val, val_rows[val_subset], y_val[val_subset],
+                                         num_classes, config.batch_size, seed=None)),
+        validation_steps=math.ceil(len(val_subset) / config.batch_size),
         callbacks=callbacks,
         verbose=2,  # one line per epoch
     )
@@ -221,9 +252,9 @@ def train(config: TrainConfig) -> Path:
         "class_weight": {class_names[k]: v for k, v in weights.items()} if weights else None,
         "data": {
             "data_dir": str(data_dir),
-            "train": dict(zip(class_names, np.bincount(y_train, minlength=len(class_names))
+            "train": dict(zip(class_names, np.bincount(y_train, minlength=num_classes)
                               .tolist(), strict=True)),
-            "validation": dict(zip(class_names, np.bincount(y_val, minlength=len(class_names))
+            "validation": dict(zip(class_names, np.bincount(y_val, minlength=num_classes)
                                    .tolist(), strict=True)),
         },
         "unreadable_skipped": unreadable,
@@ -244,7 +275,7 @@ def train(config: TrainConfig) -> Path:
         run_dir / "evaluation" / "validation",
         [str(path) for path in val_files],
         y_val,
-        classifier.predict_batch(x_val),
+        classifier.predict_batch(x_val)[val_rows],
         class_names,
         val_failures,
     )

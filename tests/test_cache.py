@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tumor_classifier import cache
+from tumor_classifier.cache import CacheWriteError, cache_images
+from tumor_classifier.imaging import load_model_input
+
+
+@pytest.fixture
+def films(prepared_mias: Path) -> list[Path]:
+    return sorted((prepared_mias / "test" / "NOR").glob("*.png"))[:40]
+
+
+def _counting_decoder(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    decoded: list[str] = []
+    original = cache._decode
+
+    def counting(task: tuple[str, int, int]) -> np.ndarray | str:
+        decoded.append(Path(task[0]).name)
+        return original(task)
+
+    monkeypatch.setattr(cache, "_decode", counting)
+    return decoded
+
+
+def test_cache_equals_direct_decoding_and_reports_failures(films: list[Path],
+                                                           tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a png")
+    files = [*films[:20], bad, *films[20:]]
+    images = cache_images(tmp_path, files, 64, 1, tmp_path / "cache", workers=2)
+    assert images.shape == (len(files), 64, 64, 1)
+    assert list(images.failures) == [20] and "bad.png: not a readable image" in images.failures[20]
+    for row in (0, 19, 21, len(files) - 1):
+        np.testing.assert_array_equal(images[row], load_model_input(files[row], 64, 1))
+    np.testing.assert_array_equal(images[[0, 1, 5]][2], images[5])
+    assert images[20].max() == 0
+    assert bad.read_text() == "not a png"  # never deleted or changed
+
+
+def test_cache_is_reused_and_rebuilt_for_exactly_the_changed_files(
+    films: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    copies = []
+    for film in films[:6]:
+        copies.append(dataset / film.name)
+        copies[-1].write_bytes(film.read_bytes())
+    decoded = _counting_decoder(monkeypatch)
+    first = cache_images(dataset, copies, 32, 1, tmp_path / "cache", workers=1)
+    assert len(decoded) == 6
+    again = cache_images(dataset, copies, 32, 1, tmp_path / "cache", workers=1)
+    assert len(decoded) == 6 and again.path == first.path  # nothing decoded twice
+    # change one file (new content, new mtime) and add one: only those two are decoded
+    copies[2].write_bytes(films[10].read_bytes())
+    os.utime(copies[2], ns=(1, 1))
+    extra = dataset / films[11].name
+    extra.write_bytes(films[11].read_bytes())
+    decoded.clear()
+    updated = cache_images(dataset, [*copies, extra], 32, 1, tmp_path / "cache", workers=1)
+    assert sorted(decoded) == sorted([copies[2].name, extra.name])
+    np.testing.assert_array_equal(updated[2], load_model_input(films[10], 32, 1))
+    np.testing.assert_array_equal(updated[0], first[0])
+    assert not first.path.exists()  # the superseded array is removed
+    # other preprocessing parameters get their own cache entry
+    decoded.clear()
+    cache_images(dataset, copies, 48, 1, tmp_path / "cache", workers=1)
+    assert len(decoded) == 6
+
+
+def test_unwritable_cache_folder_is_a_clear_error(films: list[Path], tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(CacheWriteError, match=r"a_file/cache: cannot write the image cache"):
+        cache_images(tmp_path, films[:2], 32, 1, blocker / "cache", workers=1)
+
+
+def test_full_disk_leaves_the_previous_cache_intact(films: list[Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    first = cache_images(tmp_path, films[:3], 32, 1, tmp_path / "cache", workers=1)
+    index = json.loads((first.path.parent / "index.json").read_text())
+
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache.os, "pwrite", full)
+    with pytest.raises(CacheWriteError, match=r"No space left on device.*free disk space"):
+        cache_images(tmp_path, films[:4], 32, 1, tmp_path / "cache", workers=1)
+    monkeypatch.undo()
+    assert json.loads((first.path.parent / "index.json").read_text()) == index
+    assert sorted(p.name for p in first.path.parent.iterdir()) == sorted(
+        ["index.json", first.path.name])
+    again = cache_images(tmp_path, films[:3], 32, 1, tmp_path / "cache", workers=1)
+    assert again.path == first.path
