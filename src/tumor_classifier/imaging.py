@@ -104,8 +104,6 @@ def read_image_and_metadata(
             f"{label}: image is {width}x{height} pixels, too small to be a mammogram "
             f"(at least {MIN_SIDE}x{MIN_SIDE} expected); remove it or export the full image."
         )
-    if not np.all(np.isfinite(image)):
-        raise ImageReadError(f"{label}: image contains NaN or infinite values; re-export it.")
     if float(image.max()) == float(image.min()):
         raise ImageReadError(
             f"{label}: image is constant (every pixel is {float(image.min()):.3g}), so it holds "
@@ -199,6 +197,11 @@ def _read_pillow(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     elif mode == "F":
         bits = 32
         values = array.astype(np.float64)
+        # Only float images can hold NaN or infinity; integer pixels and DICOM cannot.
+        if not np.all(np.isfinite(values)):
+            raise ImageReadError(
+                f"{label}: image contains NaN or infinite values; re-export it."
+            )
         inside = np.nanmin(values) >= 0.0 and np.nanmax(values) <= 1.0
         scaled = values.astype(np.float32) if inside else _min_max(values)
     else:

@@ -68,18 +68,17 @@ class Classifier:
                       batch_size: int = 64) -> np.ndarray:
         """Class probabilities for preprocessed images (n, size, size, channels).
 
-        Calls the model directly in inference mode instead of `model.predict`, whose
-        per-call set-up costs about 100 ms on TensorFlow: far more than the forward pass of
-        one image. Batches are evaluated one after the other, in order.
+        Uses `predict_on_batch`, the model's compiled inference step, one batch at a time and
+        in order: `model.predict` sets up a data pipeline per call (about 40-100 ms on
+        TensorFlow, far more than the forward pass of one image), and calling the model
+        eagerly runs it uncompiled (9 ms against 2 ms for the seed preset on this CPU).
         """
-        import keras
-
         if len(images) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
         outputs = []
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size], np.float32)
-            outputs.append(keras.ops.convert_to_numpy(self.model(batch, training=False)))
+            outputs.append(np.asarray(self.model.predict_on_batch(batch)))
         return np.concatenate(outputs).astype(np.float32)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
