@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumor_classifier.evaluate import compute_metrics, evaluate
+from tumor_classifier.evaluate import evaluate
+from tumor_classifier.metrics import compute_metrics
 from tumor_classifier.predict import Classifier, expand_paths
 
 

@@ -81,11 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=None)
     evaluate.add_argument("--workers", type=int, default=0)
     evaluate.add_argument("--cache-dir", type=Path, default=None)
+    evaluate.add_argument("--tta", action="store_true",
+                          help="average over the image and its horizontal flip")
 
     predict = commands.add_parser("predict", help="classify image files or folders")
     predict.add_argument("run_dir", type=Path)
     predict.add_argument("paths", type=Path, nargs="+")
     predict.add_argument("--csv", type=Path, default=None, help="write results to this CSV")
+    predict.add_argument("--tta", action="store_true",
+                         help="average over the image and its horizontal flip")
     return parser
 
 
@@ -116,7 +120,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
-    metrics = evaluate(args.run_dir, args.data_dir, args.out, args.workers, args.cache_dir)
+    metrics = evaluate(args.run_dir, args.data_dir, args.out, args.workers, args.cache_dir,
+                       args.tta)
     report_dir = Path(metrics["report_dir"])
     print((report_dir / "report.txt").read_text(encoding="utf-8"))
     if metrics["unreadable"]:
@@ -128,7 +133,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .predict import Classifier, expand_paths
 
-    classifier = Classifier.load(args.run_dir)
+    classifier = Classifier.load(args.run_dir, tta=args.tta)
     files = expand_paths(args.paths)
     if not files:
         raise FileNotFoundError(f"no image files in {', '.join(map(str, args.paths))}")

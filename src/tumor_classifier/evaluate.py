@@ -1,5 +1,6 @@
 """Evaluation a reviewer would accept: one unshuffled pass, predictions paired with labels by
-file, every number next to the majority-class baseline."""
+file, every number next to the majority-class baseline, with patient-level bootstrap
+confidence intervals."""
 
 from __future__ import annotations
 
@@ -10,80 +11,73 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    classification_report,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
+from sklearn.metrics import classification_report
 
 from .cache import cache_images
 from .config import save_json
 from .data import scan_folder
-from .plots import plot_confusion_matrix, plot_roc, save_figure
+from .metrics import bootstrap_intervals, compute_metrics
+from .plots import plot_confusion_matrix, plot_reliability, plot_roc, save_figure
 from .predict import Classifier
 
 logger = logging.getLogger(__name__)
 
+BOOTSTRAP_RESAMPLES = 1000
 
-def compute_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
-) -> dict[str, Any]:
-    """Metrics of class probabilities against integer labels.
 
-    AUCs are one-vs-rest; a class absent from `labels` (or the only one present) has no AUC
-    (None), and the macro AUC averages the classes that have one.
-    """
-    labels = np.asarray(labels, dtype=int)
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    indices = list(range(len(class_names)))
-    predicted = probabilities.argmax(axis=1)
-    counts = np.bincount(labels, minlength=len(class_names))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=indices, zero_division=0
-    )
-    per_class: dict[str, dict[str, Any]] = {}
-    aucs = []
-    for index, name in enumerate(class_names):
-        positives = labels == index
-        auc = None
-        if 0 < positives.sum() < len(labels):
-            auc = float(roc_auc_score(positives, probabilities[:, index]))
-            aucs.append(auc)
-        per_class[name] = {
-            "precision": float(precision[index]),
-            "recall": float(recall[index]),
-            "f1": float(f1[index]),
-            "support": int(support[index]),
-            "auc_ovr": auc,
-        }
-    majority = int(np.argmax(counts))
-    return {
-        "n": int(len(labels)),
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-        "majority_baseline": float(counts[majority] / max(len(labels), 1)),
-        "majority_class": class_names[majority],
-        "macro_auc_ovr": float(np.mean(aucs)) if aucs else None,
-        "per_class": per_class,
-        "confusion_matrix": confusion_matrix(labels, predicted, labels=indices).tolist(),
-        "class_names": list(class_names),
-    }
+def patient_groups(files: Sequence[Path | str], data_dir: Path) -> list[str] | None:
+    """Each file's patient from the `split.csv` next to or above `data_dir` (as `prepare`
+    writes it); None when there is none or it does not list every file."""
+    for folder in (data_dir, data_dir.parent):
+        table = folder / "split.csv"
+        if table.is_file():
+            with table.open(encoding="utf-8") as handle:
+                patients = {
+                    (folder / row["file"]).resolve(): row["patient_id"]
+                    for row in csv.DictReader(handle)
+                }
+            groups = [patients.get(Path(file).resolve()) for file in files]
+            if all(groups):
+                return [str(group) for group in groups]
+    return None
+
+
+def _interval(intervals: dict[str, Any], key: str) -> str:
+    value = intervals.get(key)
+    return "" if not value else f"  [{value[0]:.3f}, {value[1]:.3f}]"
 
 
 def format_summary(metrics: dict[str, Any], report: str) -> str:
+    """The human-readable report: headline numbers with 95% CIs, then per-task and
+    per-class detail."""
+    intervals = metrics.get("confidence_intervals", {})
     auc = metrics["macro_auc_ovr"]
-    return (
-        f"n = {metrics['n']}\n"
-        f"accuracy           {metrics['accuracy']:.3f}\n"
+    lines = [
+        f"n = {metrics['n']} images; 95% CIs: bootstrap over "
+        f"{metrics.get('bootstrap_unit', 'images')}",
+        f"accuracy           {metrics['accuracy']:.3f}{_interval(intervals, 'accuracy')}",
         f"majority baseline  {metrics['majority_baseline']:.3f} "
-        f"(always '{metrics['majority_class']}')\n"
-        f"balanced accuracy  {metrics['balanced_accuracy']:.3f}\n"
-        f"macro AUC (OvR)    {'n/a' if auc is None else f'{auc:.3f}'}\n\n"
-        f"{report}"
-    )
+        f"(always '{metrics['majority_class']}')",
+        f"balanced accuracy  {metrics['balanced_accuracy']:.3f}"
+        f"{_interval(intervals, 'balanced_accuracy')}",
+        f"macro AUC (OvR)    {'n/a' if auc is None else f'{auc:.3f}'}"
+        f"{_interval(intervals, 'macro_auc_ovr')}",
+    ]
+    for task, values in metrics.get("binary", {}).items():
+        task_auc = "n/a" if values["auc"] is None else f"{values['auc']:.3f}"
+        lines.append(f"{task:<19}AUC {task_auc}{_interval(intervals, f'auc_{task}')}")
+        for point, numbers in values.items():
+            if point == "auc":
+                continue
+            sensitivity, specificity = numbers["sensitivity"], numbers["specificity"]
+            lines.append(
+                f"    {point:<30} sensitivity "
+                f"{'n/a' if sensitivity is None else f'{sensitivity:.3f}'}, specificity "
+                f"{'n/a' if specificity is None else f'{specificity:.3f}'}"
+            )
+    lines.append(f"calibration        ECE {metrics['expected_calibration_error']:.3f}, "
+                 f"NLL {metrics['negative_log_likelihood']:.3f}")
+    return "\n".join(lines) + "\n\n" + report
 
 
 def write_evaluation(
@@ -93,10 +87,16 @@ def write_evaluation(
     probabilities: np.ndarray,
     class_names: Sequence[str],
     unreadable: Sequence[str] = (),
+    groups: Sequence[str] | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, predictions.csv, report.txt and the plots into `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    metrics = compute_metrics(labels, probabilities, class_names)
+    metrics = compute_metrics(labels, probabilities, class_names, thresholds)
+    metrics["confidence_intervals"] = bootstrap_intervals(
+        labels, probabilities, class_names, groups, BOOTSTRAP_RESAMPLES)
+    metrics["bootstrap_unit"] = "patients (split.csv)" if groups else "images"
+    metrics["bootstrap_resamples"] = BOOTSTRAP_RESAMPLES
     metrics["unreadable"] = list(unreadable)
     report = classification_report(
         labels,
@@ -123,6 +123,7 @@ def write_evaluation(
         out / "confusion_matrix.png",
     )
     save_figure(plot_roc(labels, probabilities, class_names), out / "roc.png")
+    save_figure(plot_reliability(labels, probabilities), out / "reliability.png")
     return metrics
 
 
@@ -132,6 +133,7 @@ def evaluate(
     out: Path | str | None = None,
     workers: int = 0,
     cache_dir: Path | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a class-folder dataset and write the report.
 
@@ -139,12 +141,13 @@ def evaluate(
         run_dir: a run directory written by `train`.
         data_dir: a folder with one subfolder per class (for example `DATA/test`).
         out: where the report goes; default `RUN_DIR/evaluation/<data folder name>`.
+        tta: average the predictions of the image and its horizontal flip.
 
     Returns:
         The metrics (also in `metrics.json`).
     """
     run_dir, data_dir = Path(run_dir), Path(data_dir)
-    classifier = Classifier.load(run_dir)
+    classifier = Classifier.load(run_dir, tta=tta)
     folder = scan_folder(data_dir, classifier.class_names)
     images = cache_images(folder.root, folder.files, classifier.image_size,
                           classifier.channels, cache_dir, workers, "reading")
@@ -160,7 +163,8 @@ def evaluate(
     labels = np.asarray(folder.labels)[keep]
     out = Path(out) if out else run_dir / "evaluation" / data_dir.resolve().name
     metrics = write_evaluation(
-        out, files, labels, probabilities, classifier.class_names, list(failures.values())
+        out, files, labels, probabilities, classifier.class_names, list(failures.values()),
+        patient_groups(files, data_dir), classifier.thresholds,
     )
     metrics["report_dir"] = str(out)
     return metrics

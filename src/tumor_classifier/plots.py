@@ -88,3 +88,28 @@ def plot_roc(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequenc
     ax.set_title("ROC, one class vs rest")
     ax.legend(loc="lower right")
     return figure
+
+
+def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, ax: Any = None) -> Figure:
+    """Reliability diagram: accuracy against confidence of the predicted class, per bin."""
+    from .metrics import expected_calibration_error, reliability_bins
+
+    if ax is None:
+        figure, ax = plt.subplots(figsize=(5, 5))
+    else:
+        figure = ax.figure
+    confidence, accuracy, counts = reliability_bins(labels, probabilities)
+    used = counts > 0
+    width = 1.0 / len(counts)
+    centres = (np.arange(len(counts)) + 0.5) * width
+    ax.bar(centres[used], accuracy[used], width=width * 0.9, alpha=0.7, label="accuracy")
+    ax.plot(confidence[used], accuracy[used], "o", color="black", label="mean confidence")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    ece = expected_calibration_error(labels, probabilities)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (ECE {ece:.3f})")
+    ax.legend(loc="upper left")
+    return figure

@@ -14,6 +14,7 @@ from .cache import CachedImages
 from .config import load_json
 from .data import list_images
 from .imaging import ImageReadError, Source, preprocess, read_image_and_metadata
+from .metrics import apply_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +41,22 @@ def expand_paths(paths: Sequence[Path | str]) -> list[Path]:
 class Classifier:
     """A trained model with the preprocessing recorded in its run directory."""
 
-    def __init__(self, model: Any, config: dict[str, Any], run_dir: Path | None = None) -> None:
+    def __init__(self, model: Any, config: dict[str, Any], run_dir: Path | None = None,
+                 tta: bool = False) -> None:
         self.model = model
         self.config = config
         self.run_dir = run_dir
+        self.tta = tta
         self.class_names: tuple[str, ...] = tuple(config["class_names"])
         self.image_size: int = int(config["image_size"])
         self.channels: int = int(config["channels"])
+        calibration = config.get("calibration") or {}
+        # Fitted on the validation split by `train`; 1.0 (no change) for older runs.
+        self.temperature: float = float(calibration.get("temperature", 1.0))
+        self.thresholds: dict[str, float] = dict(calibration.get("thresholds") or {})
 
     @classmethod
-    def load(cls, run_dir: Path | str) -> Classifier:
+    def load(cls, run_dir: Path | str, tta: bool = False) -> Classifier:
         """Load `model.keras` and `config.json` from a run directory written by `train`."""
         import keras
 
@@ -62,24 +69,35 @@ class Classifier:
             )
         config = load_json(run_dir / "config.json")
         model = keras.models.load_model(model_path, compile=False)
-        return cls(model, config, run_dir)
+        return cls(model, config, run_dir, tta)
 
-    def predict_batch(self, images: np.ndarray | CachedImages,
-                      batch_size: int = 64) -> np.ndarray:
+    def predict_batch(self, images: np.ndarray | CachedImages, batch_size: int = 64,
+                      calibrated: bool = True) -> np.ndarray:
         """Class probabilities for preprocessed images (n, size, size, channels).
 
         Uses `predict_on_batch`, the model's compiled inference step, one batch at a time and
         in order: `model.predict` sets up a data pipeline per call (about 40-100 ms on
         TensorFlow, far more than the forward pass of one image), and calling the model
         eagerly runs it uncompiled (9 ms against 2 ms for the seed preset on this CPU).
+
+        With `tta`, the probabilities of the image and its horizontal flip are averaged;
+        with `calibrated`, the run's temperature is applied (it never changes the argmax).
         """
         if len(images) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
         outputs = []
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size], np.float32)
-            outputs.append(np.asarray(self.model.predict_on_batch(batch)))
-        return np.concatenate(outputs).astype(np.float32)
+            probabilities = np.asarray(self.model.predict_on_batch(batch), np.float64)
+            if self.tta:
+                flipped = np.ascontiguousarray(batch[:, :, ::-1, :])
+                probabilities = (probabilities + np.asarray(
+                    self.model.predict_on_batch(flipped), np.float64)) / 2
+            outputs.append(probabilities)
+        result = np.concatenate(outputs)
+        if calibrated and self.temperature != 1.0:
+            return apply_temperature(result, self.temperature)
+        return result.astype(np.float32)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """`imaging.preprocess` with this model's recorded parameters."""

@@ -19,7 +19,14 @@ from . import __version__
 from .cache import CachedImages, cache_images
 from .config import TrainConfig, save_json
 from .data import ImageFolder, scan_folder
-from .evaluate import write_evaluation
+from .evaluate import patient_groups, write_evaluation
+from .metrics import (
+    apply_temperature,
+    binary_tasks,
+    fit_temperature,
+    negative_log_likelihood,
+    threshold_at_specificity,
+)
 from .plots import plot_history, save_figure
 
 logger = logging.getLogger(__name__)
@@ -267,17 +274,37 @@ def train(config: TrainConfig) -> Path:
     save_json(run_config, run_dir / "config.json")
     save_figure(plot_history(history.history), run_dir / "plots" / "history.png")
 
-    # Evaluate the kept (best) checkpoint, not the last epoch's weights.
+    # Calibrate the kept (best) checkpoint on the validation split: temperature scaling,
+    # then the thresholds that give 90% specificity. Saved with the model; predict, the app
+    # and evaluate apply them.
     from .predict import Classifier
 
     classifier = Classifier.load(run_dir)
+    raw = classifier.predict_batch(x_val, calibrated=False)[val_rows]
+    temperature = fit_temperature(y_val, raw)
+    calibrated = apply_temperature(raw, temperature)
+    thresholds = {
+        task: threshold_at_specificity(truth, score)
+        for task, (truth, score, _) in binary_tasks(y_val, calibrated, class_names).items()
+    }
+    run_config["calibration"] = {
+        "method": "temperature scaling fitted on the validation split",
+        "temperature": temperature,
+        "validation_nll_before": negative_log_likelihood(y_val, raw),
+        "validation_nll_after": negative_log_likelihood(y_val, calibrated),
+        "thresholds": {task: value for task, value in thresholds.items() if value is not None},
+        "thresholds_rule": "lowest score threshold with >= 90% specificity on validation",
+    }
+    save_json(run_config, run_dir / "config.json")
     write_evaluation(
         run_dir / "evaluation" / "validation",
         [str(path) for path in val_files],
         y_val,
-        classifier.predict_batch(x_val)[val_rows],
+        calibrated,
         class_names,
         val_failures,
+        patient_groups(val_files, data_dir / "validation"),
+        run_config["calibration"]["thresholds"],
     )
     logger.info("best epoch %d of %d (validation loss %.4f)", best_epoch, len(val_losses),
                 val_losses[best_epoch - 1])
