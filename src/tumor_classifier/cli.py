@@ -33,11 +33,12 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
+def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
+                       out_help: str) -> None:
     """One flag per TrainConfig field, with the dataclass's defaults."""
     defaults = TrainConfig(data_dir="", out="")
-    parser.add_argument("data_dir", help="folder with train/ and validation/ class folders")
-    parser.add_argument("--out", required=True, help="run directory to write")
+    parser.add_argument("data_dir", help=data_help)
+    parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--model", default=defaults.model,
                         help="model preset (default: %(default)s)")
     for name, kind in (("image_size", int), ("channels", int), ("epochs", int),
@@ -73,7 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="train,validation,test shares of women (default: 0.6,0.2,0.2)")
     prepare.add_argument("--seed", type=int, default=0)
 
-    _add_train_options(commands.add_parser("train", help="train a model, write a run directory"))
+    _add_train_options(commands.add_parser("train", help="train a model, write a run directory"),
+                       "folder with train/ and validation/ class folders",
+                       "run directory to write")
+
+    cv = commands.add_parser("cv", help="cross-validate by patient (choose models this way)")
+    _add_train_options(cv, "prepared dataset with split.csv, or class folders with --groups",
+                       "folder for the folds' runs and the summary")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--groups", type=Path, default=None,
+                    help="CSV with file,patient_id (file relative to DATA_DIR)")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run on a class-folder dataset")
     evaluate.add_argument("run_dir", type=Path)
@@ -108,12 +118,25 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .train import train
 
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{key: value for key, value in vars(args).items() if key in fields})
     started = time.perf_counter()
-    run_dir = train(config)
+    run_dir = train(_train_config(args))
     print(f"trained in {time.perf_counter() - started:.0f} s; run directory: {run_dir}")
     print((run_dir / "evaluation" / "validation" / "report.txt").read_text(encoding="utf-8"))
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{key: value for key, value in vars(args).items() if key in fields})
+
+
+def _cv(args: argparse.Namespace) -> int:
+    from .cv import cross_validate, format_cv
+
+    summary = cross_validate(Path(args.data_dir), Path(args.out), _train_config(args),
+                             args.folds, args.groups)
+    print(format_cv(summary))
+    print(f"summary: {Path(args.out) / 'cv_summary.json'}")
     return 0
 
 
@@ -168,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"prepare": _prepare, "train": _train, "evaluate": _evaluate,
+    handlers = {"prepare": _prepare, "train": _train, "cv": _cv, "evaluate": _evaluate,
                 "predict": _predict}
     try:
         return handlers[args.command](args)

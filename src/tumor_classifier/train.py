@@ -236,6 +236,7 @@ def train(config: TrainConfig) -> Path:
         validation_data=prefetch(batches(x_val, val_rows[val_subset], y_val[val_subset],
                                          num_classes, config.batch_size, seed=None)),
         validation_steps=math.ceil(len(val_subset) / config.batch_size),
+        shuffle=False,  # `batches` reshuffles every pass itself
         callbacks=callbacks,
         verbose=2,  # one line per epoch
     )

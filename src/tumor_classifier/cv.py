@@ -1,0 +1,234 @@
+"""Cross-validation grouped by patient and stratified by label: the way to choose between
+models on a small dataset (never a single split, never the test split).
+
+Each fold gets its own folder of links to the original files (the dataset is only read),
+its own run directory, and its evaluation on the held-out patients; the summary reports
+every metric's mean and standard deviation over folds, plus the pooled out-of-fold metrics
+with patient-level bootstrap confidence intervals.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from .config import TrainConfig, save_json
+from .data import scan_folder
+from .evaluate import write_evaluation
+from .predict import Classifier
+
+logger = logging.getLogger(__name__)
+
+# Share of each fold's training patients held out for validation (early stopping,
+# checkpoint choice, temperature and thresholds).
+VALIDATION_FOLDS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: str
+    patient: str
+
+
+def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]:
+    """Every image of a dataset with its label and patient.
+
+    From `DATA_DIR/split.csv` (as `prepare` writes it; all splits are pooled), or from the
+    class folders of DATA_DIR with patients from `groups_csv` (`file,patient_id`, file
+    relative to DATA_DIR).
+    """
+    data_dir = Path(data_dir)
+    table = Path(groups_csv) if groups_csv else data_dir / "split.csv"
+    if not table.is_file():
+        raise FileNotFoundError(
+            f"{data_dir}: no split.csv and no --groups CSV; cross-validation needs the "
+            "patient of every image (it never splits by image). Pass --groups with "
+            "file,patient_id."
+        )
+    with table.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "file" not in rows[0] or "patient_id" not in rows[0]:
+        raise ValueError(f"{table}: expected the columns file,patient_id (and label).")
+    patients = {(data_dir / row["file"]).resolve(): row["patient_id"] for row in rows}
+    if groups_csv is None:
+        return [Sample(data_dir / row["file"], row["label"], row["patient_id"])
+                for row in rows]
+    folder = scan_folder(data_dir)
+    samples = []
+    for path, label in zip(folder.files, folder.labels, strict=True):
+        patient = patients.get(path.resolve())
+        if patient is None:
+            raise ValueError(f"{table}: no patient_id for {path.relative_to(data_dir)}.")
+        samples.append(Sample(path, folder.class_names[label], patient))
+    return samples
+
+
+def patient_folds(labels: list[str], patients: list[str], folds: int,
+                  seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(train, validation, test) row indices of each fold; a patient is in exactly one
+    test fold and, within a fold, in exactly one of the three parts."""
+    if folds < 2:
+        raise ValueError(f"--folds must be at least 2, got {folds}.")
+    if len(set(patients)) < folds * 2:
+        raise ValueError(f"{len(set(patients))} patients are too few for {folds} folds.")
+    rows = np.arange(len(labels))
+    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    result = []
+    for rest, test in outer.split(rows, labels, patients):
+        inner = StratifiedGroupKFold(n_splits=VALIDATION_FOLDS, shuffle=True,
+                                     random_state=seed)
+        train_part, validation_part = next(inner.split(
+            rest, [labels[i] for i in rest], [patients[i] for i in rest]))
+        result.append((rest[train_part], rest[validation_part], test))
+    return result
+
+
+def _link(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.symlink(source.resolve(), target)
+    except OSError:  # file systems without symlinks: copy (the source is still only read)
+        shutil.copy2(source, target)
+
+
+def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten the numeric leaves of a metrics dict ("binary.CAN_vs_rest.auc": ...)."""
+    values: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key in ("confusion_matrix", "confidence_intervals", "class_names", "n",
+                   "bootstrap_resamples", "unreadable"):
+            continue
+        if isinstance(value, dict):
+            values.update(_scalars(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[f"{prefix}{key}"] = float(value)
+    return values
+
+
+def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 5,
+                   groups_csv: Path | None = None) -> dict[str, Any]:
+    """Train and evaluate `folds` models, each tested on patients it never saw.
+
+    Args:
+        data_dir: a prepared dataset (with split.csv) or class folders plus `groups_csv`.
+        out: where the fold folders, run directories and the summary go.
+        config: training options; `data_dir` and `out` are set per fold.
+
+    Returns:
+        The summary (also `out/cv_summary.json`).
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: folder exists and is not empty; choose another --out.")
+    samples = load_samples(Path(data_dir), groups_csv)
+    labels = [sample.label for sample in samples]
+    class_names = tuple(sorted(set(labels)))
+    parts = patient_folds(labels, [sample.patient for sample in samples], folds, config.seed)
+
+    per_fold: list[dict[str, Any]] = []
+    pooled_probabilities = np.zeros((len(samples), len(class_names)), np.float32)
+    for fold, split in enumerate(parts):
+        fold_dir = out / f"fold{fold + 1}"
+        rows = []
+        for part, indices in zip(("train", "validation", "test"), split, strict=True):
+            for index in indices:
+                sample = samples[index]
+                name = f"{sample.patient}__{sample.path.name}"
+                relative = Path(part) / sample.label / name
+                _link(sample.path, fold_dir / "data" / relative)
+                rows.append([relative.as_posix(), sample.label, sample.patient, part])
+        with (fold_dir / "data" / "split.csv").open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "label", "patient_id", "split"])
+            writer.writerows(rows)
+        from .evaluate import evaluate
+        from .train import train
+
+        started = time.perf_counter()
+        run_dir = train(dataclasses.replace(config, data_dir=str(fold_dir / "data"),
+                                            out=str(fold_dir / "run")))
+        seconds = time.perf_counter() - started
+        metrics = evaluate(run_dir, fold_dir / "data" / "test",
+                           cache_dir=Path(config.cache_dir) if config.cache_dir else None)
+        metrics["train_seconds"] = seconds
+        per_fold.append(metrics)
+        test_files = [fold_dir / "data" / "test" / samples[i].label
+                      / f"{samples[i].patient}__{samples[i].path.name}" for i in split[2]]
+        classifier = Classifier.load(run_dir)
+        if classifier.class_names != class_names:
+            raise ValueError(f"fold {fold + 1} lacks a class: {classifier.class_names}")
+        from .imaging import load_model_input
+
+        pooled_probabilities[split[2]] = classifier.predict_batch(np.stack([
+            load_model_input(path, classifier.image_size, classifier.channels)
+            for path in test_files]))
+        logger.info("fold %d/%d: accuracy %.3f, macro AUC %s, %.0f s", fold + 1, folds,
+                    metrics["accuracy"], metrics["macro_auc_ovr"], seconds)
+
+    keys = sorted(set().union(*(_scalars(metrics) for metrics in per_fold)))
+    summary_rows: dict[str, dict[str, float | None]] = {}
+    for key in keys:
+        values = [_scalars(metrics).get(key) for metrics in per_fold]
+        finite = [value for value in values if value is not None]
+        summary_rows[key] = {
+            "mean": float(np.mean(finite)) if finite else None,
+            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
+        }
+    label_index = np.array([class_names.index(label) for label in labels])
+    pooled = write_evaluation(
+        out / "pooled", [str(sample.path) for sample in samples], label_index,
+        pooled_probabilities, class_names, groups=[sample.patient for sample in samples])
+    summary = {
+        "folds": folds,
+        "config": {key: value for key, value in config.to_dict().items()
+                   if key not in ("data_dir", "out")},
+        "data_dir": str(data_dir),
+        "images": len(samples),
+        "patients": len({sample.patient for sample in samples}),
+        "per_fold_mean_std": summary_rows,
+        "pooled_out_of_fold": {key: pooled[key] for key in (
+            "n", "accuracy", "balanced_accuracy", "majority_baseline", "macro_auc_ovr",
+            "binary", "expected_calibration_error", "confidence_intervals", "per_class")},
+    }
+    save_json(summary, out / "cv_summary.json")
+    return summary
+
+
+def format_cv(summary: dict[str, Any]) -> str:
+    """The headline rows of a cross-validation summary as text."""
+    rows = summary["per_fold_mean_std"]
+    pooled = summary["pooled_out_of_fold"]
+    intervals = pooled["confidence_intervals"]
+    lines = [f"{summary['folds']}-fold cross-validation by patient: {summary['images']} "
+             f"images of {summary['patients']} patients",
+             f"{'metric':<34}{'mean ± sd over folds':>22}{'pooled [95% CI]':>26}"]
+    for key, pooled_key in (
+        ("accuracy", "accuracy"), ("balanced_accuracy", "balanced_accuracy"),
+        ("majority_baseline", None), ("macro_auc_ovr", "macro_auc_ovr"),
+        ("binary.CAN_vs_rest.auc", "auc_CAN_vs_rest"),
+        ("binary.abnormal_vs_normal.auc", "auc_abnormal_vs_normal"),
+        ("expected_calibration_error", None), ("train_seconds", None),
+    ):
+        if key not in rows or rows[key]["mean"] is None:
+            continue
+        mean, std = rows[key]["mean"], rows[key]["std"] or 0.0
+        pooled_text = ""
+        if pooled_key:
+            value = pooled.get(pooled_key)
+            if value is None:
+                value = pooled["binary"][pooled_key[4:]]["auc"]
+            interval = intervals.get(pooled_key)
+            pooled_text = f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]"
+                                              if interval else "")
+        lines.append(f"{key:<34}{f'{mean:.3f} ± {std:.3f}':>22}{pooled_text:>26}")
+    return "\n".join(lines)

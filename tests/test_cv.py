@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tumor_classifier.config import TrainConfig
+from tumor_classifier.cv import cross_validate, format_cv, load_samples, patient_folds
+
+
+def test_folds_keep_every_patient_in_one_place(prepared_mias: Path) -> None:
+    samples = load_samples(prepared_mias)
+    assert len(samples) == 240
+    labels = [sample.label for sample in samples]
+    patients = [sample.patient for sample in samples]
+    folds = patient_folds(labels, patients, folds=5, seed=0)
+    tested = Counter()
+    for train, validation, test in folds:
+        parts = [{patients[i] for i in part} for part in (train, validation, test)]
+        assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+        assert len(train) + len(validation) + len(test) == 240
+        assert {labels[i] for i in test} == {"BEN", "CAN", "NOR"}  # stratified
+        tested.update(test)
+    assert sorted(tested) == list(range(240)) and set(tested.values()) == {1}
+    with pytest.raises(ValueError, match="--folds must be at least 2, got 1"):
+        patient_folds(labels, patients, folds=1, seed=0)
+
+
+def test_cv_refuses_to_split_without_patients(tmp_path: Path) -> None:
+    (tmp_path / "BEN").mkdir()
+    with pytest.raises(FileNotFoundError, match="never splits by image"):
+        load_samples(tmp_path)
+
+
+@pytest.mark.slow
+def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path) -> None:
+    config = TrainConfig(data_dir="", out="", epochs=1, image_size=32, workers=1)
+    summary = cross_validate(prepared_mias, tmp_path / "cv", config, folds=2)
+    for fold in (1, 2):
+        assert (tmp_path / "cv" / f"fold{fold}" / "run" / "model.keras").is_file()
+        assert (tmp_path / "cv" / f"fold{fold}" / "run" / "evaluation" / "test"
+                / "metrics.json").is_file()
+    saved = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
+    assert saved["pooled_out_of_fold"]["n"] == 240
+    rows = summary["per_fold_mean_std"]
+    for key in ("accuracy", "balanced_accuracy", "macro_auc_ovr", "binary.CAN_vs_rest.auc",
+                "binary.abnormal_vs_normal.auc", "expected_calibration_error",
+                "train_seconds"):
+        assert rows[key]["mean"] is not None and rows[key]["std"] is not None, key
+    assert "pooled [95% CI]" in format_cv(summary)
+    # the source dataset was only linked to, never modified
+    assert sum(1 for _ in prepared_mias.rglob("*.png")) == 240
