@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .cache import CacheWriteError
@@ -100,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--csv", type=Path, default=None, help="write results to this CSV")
     predict.add_argument("--tta", action="store_true",
                          help="average over the image and its horizontal flip")
+    predict.add_argument("--heatmap", type=Path, default=None,
+                         help="write the Grad-CAM overlay of the (single) file to this PNG")
+
+    app = commands.add_parser("app", help="start the Streamlit app on a trained model")
+    app.add_argument("run_dir", type=Path)
+    app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--address", default="127.0.0.1",
+                     help="interface to listen on (default: localhost only)")
     return parser
 
 
@@ -160,6 +169,8 @@ def _predict(args: argparse.Namespace) -> int:
     files = expand_paths(args.paths)
     if not files:
         raise FileNotFoundError(f"no image files in {', '.join(map(str, args.paths))}")
+    if args.heatmap and len(files) != 1:
+        raise ValueError(f"--heatmap needs exactly one image file, got {len(files)}.")
     results = classifier.predict(files)
     names = classifier.class_names
     for result in results:
@@ -177,12 +188,45 @@ def _predict(args: argparse.Namespace) -> int:
                 if not result.error:
                     writer.writerow([result.file, result.prediction]
                                     + [f"{result.probabilities[name]:.6f}" for name in names])
+    if args.heatmap and not results[0].error:
+        _write_heatmap(classifier, files[0], results[0].prediction, args.heatmap)
     failed = sum(1 for result in results if result.error)
     if failed:
         print(f"{failed} of {len(results)} file(s) could not be read (see the lines above).",
               file=sys.stderr)
         return 1
     return 0
+
+
+def _write_heatmap(classifier: Any, file: Path, prediction: str | None, out: Path) -> None:
+    from PIL import Image
+
+    from .explain import grad_cam, overlay
+    from .imaging import read_image
+
+    image = read_image(file)
+    heatmap = grad_cam(classifier.model, classifier.preprocess(image),
+                       classifier.class_names.index(prediction),
+                       classifier.config.get("gradcam_layer"))
+    Image.fromarray(overlay(image, heatmap)).save(out)
+    print(f"Grad-CAM for {prediction}: {out}")
+
+
+def _app(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    if not (args.run_dir / "model.keras").is_file():
+        raise FileNotFoundError(f"{args.run_dir}: no model.keras; pass a run directory "
+                                "written by `tumor-classifier train`.")
+    app_file = Path(__file__).with_name("app.py")
+    environment = {**os.environ, "TUMOR_CLASSIFIER_RUN_DIR": str(args.run_dir.resolve())}
+    command = [sys.executable, "-m", "streamlit", "run", str(app_file),
+               "--server.port", str(args.port), "--server.address", args.address,
+               "--server.headless", "true", "--server.maxUploadSize", "200",
+               "--browser.gatherUsageStats", "false"]
+    print(f"serving {args.run_dir} at http://{args.address}:{args.port}")
+    return subprocess.call(command, env=environment)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -192,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     handlers = {"prepare": _prepare, "train": _train, "cv": _cv, "evaluate": _evaluate,
-                "predict": _predict}
+                "predict": _predict, "app": _app}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, CacheWriteError) as error:

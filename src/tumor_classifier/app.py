@@ -1,0 +1,168 @@
+"""Streamlit app: upload mammograms, read every class's probability, see where the model
+looked. A thin view over `predict` and `explain`; started by `tumor-classifier app RUN_DIR`
+(which passes the run directory in $TUMOR_CLASSIFIER_RUN_DIR).
+
+Research software, not a medical device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from tumor_classifier.config import CLASS_DESCRIPTIONS
+from tumor_classifier.explain import grad_cam, overlay
+from tumor_classifier.imaging import ImageReadError, read_image_and_metadata
+from tumor_classifier.predict import Classifier
+
+MAX_UPLOAD_MB = 200
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "pgm", "dcm", "dicom"]
+NOTICE = ("**Research software, not a medical device.** Not for diagnosis, screening or any "
+          "decision about a patient.")
+DISPLAY_SIDE = 1024  # display resolution; the model input is computed from the full image
+
+
+@st.cache_resource
+def load_classifier(run_dir: str) -> Classifier:
+    """Loaded once per server process and shared by every session."""
+    return Classifier.load(run_dir)
+
+
+def _evaluation_metrics(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    for name in ("test", "validation"):
+        path = run_dir / "evaluation" / name / "metrics.json"
+        if path.is_file():
+            return name, json.loads(path.read_text(encoding="utf-8"))
+    return None
+
+
+def model_card(classifier: Classifier) -> None:
+    config = classifier.config
+    st.sidebar.header("Model card")
+    st.sidebar.warning(NOTICE)
+    st.sidebar.markdown(
+        f"- **Model**: `{config.get('model', '?')}`, {config.get('parameters', 0):,} parameters\n"
+        f"- **Classes** (output order): {', '.join(classifier.class_names)}\n"
+        f"- **Input**: {classifier.image_size}×{classifier.image_size}×{classifier.channels}\n"
+        f"- **Trained**: {str(config.get('finished', '?'))[:10]}\n"
+        f"- **Temperature** (calibration): {classifier.temperature:.2f}"
+    )
+    data = config.get("data", {})
+    if data:
+        st.sidebar.markdown("**Training data** (images per class)")
+        st.sidebar.table({split: data[split] for split in ("train", "validation")
+                          if split in data})
+    evaluation = _evaluation_metrics(Path(classifier.run_dir or "."))
+    if evaluation:
+        split, metrics = evaluation
+        auc = metrics.get("macro_auc_ovr")
+        st.sidebar.markdown(
+            f"**Evaluation on the {split} split** (n = {metrics['n']})\n\n"
+            f"- accuracy {metrics['accuracy']:.3f} (majority baseline "
+            f"{metrics['majority_baseline']:.3f})\n"
+            f"- balanced accuracy {metrics['balanced_accuracy']:.3f}\n"
+            f"- macro AUC {'n/a' if auc is None else f'{auc:.3f}'}"
+        )
+
+
+def _display_image(image: np.ndarray) -> np.ndarray:
+    """The image as read (DICOM windowed, MONOCHROME1 inverted), at most DISPLAY_SIDE."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    scale = min(1.0, DISPLAY_SIDE / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        planes = [image] if image.ndim == 2 else [image[..., i] for i in range(3)]
+        image = np.stack([np.asarray(Image.fromarray(plane.astype(np.float32)).resize(
+            size, Image.Resampling.BILINEAR)) for plane in planes], axis=-1).squeeze()
+    return np.clip(image, 0.0, 1.0)
+
+
+def _probability_chart(probabilities: dict[str, float]) -> Any:
+    """Horizontal bars on a fixed 0-1 axis, so small differences are not magnified."""
+    import altair as alt
+
+    rows = [{"class": name, "probability": value} for name, value in probabilities.items()]
+    return alt.Chart(alt.Data(values=rows)).mark_bar().encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("class:N", sort=list(probabilities)),
+        tooltip=["class:N", alt.Tooltip("probability:Q", format=".4f")],
+    ).properties(height=40 * len(rows))
+
+
+def show_result(classifier: Classifier, name: str, data: bytes, opacity: float) -> None:
+    import io
+
+    try:
+        image, metadata = read_image_and_metadata(io.BytesIO(data), name)
+    except ImageReadError as error:
+        st.error(str(error))
+        return
+    result = classifier.predict([io.BytesIO(data)], names=[name])[0]
+    if result.error:  # unreachable after a successful read, kept as a guard
+        st.error(result.error)
+        return
+    assert result.prediction is not None
+    decision = CLASS_DESCRIPTIONS.get(result.prediction, result.prediction)
+    st.subheader(f"{name}: {decision}")
+    left, right = st.columns([3, 2])
+    display = _display_image(image)
+    model_input = classifier.preprocess(image)
+    class_index = classifier.class_names.index(result.prediction)
+    heatmap = grad_cam(classifier.model, model_input, class_index,
+                       classifier.config.get("gradcam_layer"))
+    with left:
+        st.image(overlay(display, heatmap, opacity) if opacity > 0 else display,
+                 caption=f"Grad-CAM for '{result.prediction}' (opacity {opacity:.0%})",
+                 width="stretch", clamp=True)
+    with right:
+        st.markdown("**Probabilities** (calibrated)")
+        st.altair_chart(_probability_chart(result.probabilities), width="stretch")
+        st.table({"class": list(result.probabilities),
+                  "description": [CLASS_DESCRIPTIONS.get(k, k) for k in result.probabilities],
+                  "probability": [f"{v:.6f}" for v in result.probabilities.values()]})
+        if metadata.get("format") == "DICOM":
+            st.markdown("**DICOM**")
+            st.table({"attribute": ["modality", "view", "laterality", "bits stored",
+                                    "photometric interpretation"],
+                      "value": [str(metadata.get(key) or "—") for key in (
+                          "modality", "view", "laterality", "bits_stored",
+                          "photometric_interpretation")]})
+        else:
+            st.caption(f"{metadata.get('format')} · {metadata['width']}×{metadata['height']}"
+                       f" · {metadata.get('bits_stored')}-bit")
+
+
+def main() -> None:
+    st.set_page_config(page_title="tumor-classifier", layout="wide")
+    st.title("Mammogram classifier: benign, malignant or normal")
+    st.info(NOTICE)
+    run_dir = os.environ.get("TUMOR_CLASSIFIER_RUN_DIR", "")
+    if not run_dir or not (Path(run_dir) / "model.keras").is_file():
+        st.error(f"No trained model at {run_dir!r}: start the app with "
+                 "`tumor-classifier app RUN_DIR`.")
+        st.stop()
+    classifier = load_classifier(run_dir)
+    model_card(classifier)
+    uploads = st.file_uploader(
+        "Upload mammograms (PNG, JPEG, TIFF, PGM or DICOM; nothing is stored)",
+        type=UPLOAD_TYPES, accept_multiple_files=True)
+    opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05)
+    if not uploads:
+        st.stop()
+    for upload in uploads:
+        data = upload.getvalue()
+        if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
+            st.error(f"{upload.name}: {len(data) / 1e6:.0f} MB is over the {MAX_UPLOAD_MB} MB "
+                     "limit; downsample or crop the image first.")
+            continue
+        show_result(classifier, upload.name, data, opacity)
+
+
+main()

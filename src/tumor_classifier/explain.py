@@ -1,0 +1,142 @@
+"""Grad-CAM (Selvaraju et al., 2017): where the model looked for a class.
+
+The heat map is the ReLU of the target convolution's feature maps weighted by the spatially
+averaged gradient of the class score. The target is the last layer with a 4-D output
+(found automatically) or the layer named `gradcam_layer` in the run's config.json. Gradients
+come from the active backend (TensorFlow, JAX or PyTorch); everything after the target layer
+must be a chain of layers (true of every preset: pooling/flatten, dropout, dense).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def find_target_layer(model: Any, name: str | None = None) -> Any:
+    """The layer Grad-CAM explains: `name`, or the last layer with a 4-D output."""
+    if name:
+        try:
+            return model.get_layer(name)
+        except ValueError:
+            names = [layer.name for layer in model.layers]
+            raise ValueError(
+                f"Grad-CAM layer {name!r} not in the model; layers are {', '.join(names)}."
+            ) from None
+    for layer in reversed(model.layers):
+        # Pooling only subsamples the last convolution: explain the convolution itself,
+        # at its higher resolution.
+        if "Pooling" not in type(layer).__name__ and len(layer.output.shape) == 4:
+            return layer
+    raise ValueError("The model has no layer with a 4-D (image-like) output for Grad-CAM.")
+
+
+def _head(model: Any, target: Any) -> list[Any]:
+    """The layers after `target`, which must form a chain up to the output."""
+    layers = list(model.layers)
+    head = layers[layers.index(target) + 1 :]
+    previous = target
+    for layer in head:
+        inbound = [node for node in layer._inbound_nodes]
+        parents = {
+            id(tensor._keras_history.operation)
+            for node in inbound for tensor in node.input_tensors
+        }
+        if parents != {id(previous)}:
+            raise ValueError(
+                f"Grad-CAM needs a chain of layers after {target.name!r}; {layer.name!r} "
+                "has other inputs. Name another layer with gradcam_layer in config.json."
+            )
+        previous = layer
+    return head
+
+
+def _gradient(head: list[Any], features: np.ndarray, class_index: int) -> np.ndarray:
+    """d score[class_index] / d features, through the head layers, on the active backend."""
+    import keras
+
+    def score(values: Any) -> Any:
+        for layer in head:
+            values = layer(values, training=False)
+        return values[0, class_index]
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensor = tf.convert_to_tensor(features)
+        with tf.GradientTape() as tape:
+            tape.watch(tensor)
+            value = score(tensor)
+        return np.asarray(tape.gradient(value, tensor))
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(score)(features))
+    if backend == "torch":
+        import torch
+
+        tensor = torch.tensor(features, requires_grad=True)
+        score(tensor).backward()
+        return tensor.grad.detach().cpu().numpy()
+    raise ValueError(f"Grad-CAM does not support the {backend!r} backend.")
+
+
+def grad_cam(model: Any, model_input: np.ndarray, class_index: int,
+             layer_name: str | None = None) -> np.ndarray:
+    """Grad-CAM heat map of one preprocessed image for one class.
+
+    Args:
+        model: a Keras model (any preset).
+        model_input: (size, size, channels) float32, as `imaging.preprocess` makes it.
+        class_index: the output to explain (usually the predicted class).
+        layer_name: the layer to explain; default: the last one with a 4-D output.
+
+    Returns:
+        (size, size) float32 in [0, 1]; all zeros where no feature supports the class.
+    """
+    import keras
+
+    target = find_target_layer(model, layer_name)
+    head = _head(model, target)
+    feature_model = keras.Model(model.inputs[0], target.output)
+    features = np.asarray(
+        keras.ops.convert_to_numpy(feature_model(model_input[np.newaxis], training=False)),
+        np.float32,
+    )
+    gradients = _gradient(head, features, class_index)
+    weights = gradients[0].mean(axis=(0, 1))
+    cam = np.maximum(np.tensordot(features[0], weights, axes=([2], [0])), 0.0)
+    height, width = model_input.shape[:2]
+    cam = np.asarray(Image.fromarray(cam.astype(np.float32)).resize(
+        (width, height), Image.Resampling.BILINEAR))
+    peak = float(cam.max())
+    return (cam / peak).astype(np.float32) if peak > 0 else np.zeros_like(cam, np.float32)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4,
+            colormap: str = "jet") -> np.ndarray:
+    """The grey image (2-D or RGB, [0, 1]) with the heat map blended on top, as uint8 RGB
+    at the image's resolution."""
+    import matplotlib
+
+    grey = image if image.ndim == 2 else image[..., :3].mean(axis=2)
+    height, width = grey.shape
+    resized = np.asarray(Image.fromarray(heatmap.astype(np.float32)).resize(
+        (width, height), Image.Resampling.BILINEAR))
+    colours: Callable[[np.ndarray], np.ndarray] = matplotlib.colormaps[colormap]
+    heat = colours(np.clip(resized, 0, 1))[..., :3]
+    base = np.repeat(np.clip(grey, 0, 1)[..., np.newaxis], 3, axis=2)
+    # Blend only where the map is warm (above a fifth of its peak), more where hotter, so
+    # the rest of the film stays as it was read.
+    alpha = opacity * np.clip((resized - 0.2) / 0.8, 0, 1)[..., np.newaxis]
+    return np.round((base * (1 - alpha) + heat * alpha) * 255).astype(np.uint8)
+
+
+def peak_location(heatmap: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the heat map's maximum."""
+    row, column = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return int(row), int(column)

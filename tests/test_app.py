@@ -1,0 +1,148 @@
+"""The Streamlit app: AppTest for the view logic, and a real headless browser end to end."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tumor_classifier.predict import Classifier
+
+APP = Path(__file__).resolve().parents[1] / "src" / "tumor_classifier" / "app.py"
+
+
+def _films(prepared_mias: Path) -> list[Path]:
+    return sorted((prepared_mias / "test" / "CAN").glob("*.png"))[:2]
+
+
+def _app(trained_run: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("TUMOR_CLASSIFIER_RUN_DIR", str(trained_run))
+    app = AppTest.from_file(str(APP), default_timeout=120)
+    app.run()
+    assert not app.exception
+    return app
+
+
+def _probabilities(table) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    frame = table.value
+    return dict(zip(frame["class"], map(float, frame["probability"]), strict=True))
+
+
+@pytest.mark.slow
+def test_upload_shows_the_same_probabilities_as_predict(
+    trained_run: Path, prepared_mias: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _app(trained_run, monkeypatch)
+    assert "not a medical device" in app.info[0].value
+    assert any("Model card" in header.value for header in app.sidebar.header)
+    film = _films(prepared_mias)[0]
+    app.file_uploader[0].set_value((film.name, film.read_bytes(), "image/png")).run()
+    assert not app.exception and not app.error
+    expected = Classifier.load(trained_run).predict([film])[0]
+    shown = _probabilities(app.table[0])
+    for name, value in expected.probabilities.items():
+        assert shown[name] == pytest.approx(value, abs=1e-6)
+    assert app.subheader[0].value.startswith(f"{film.name}: ")
+    assert len(app.image) == 1
+
+
+@pytest.mark.slow
+def test_bad_upload_is_an_error_and_the_other_files_still_work(
+    trained_run: Path, prepared_mias: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _app(trained_run, monkeypatch)
+    film = _films(prepared_mias)[0]
+    app.file_uploader[0].set_value([
+        ("notes.png", b"this is not an image", "image/png"),
+        (film.name, film.read_bytes(), "image/png"),
+        ("truncated.png", film.read_bytes()[:4000], "image/png"),
+    ]).run()
+    assert not app.exception
+    errors = [error.value for error in app.error]
+    assert len(errors) == 2
+    assert errors[0].startswith("notes.png: not a readable image")
+    assert errors[1].startswith("truncated.png: cannot decode image")
+    assert [sub.value.split(":")[0] for sub in app.subheader] == [film.name]
+
+
+@pytest.mark.slow
+def test_dicom_upload_shows_metadata_but_no_identifiers(
+    trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import ramp, write_dicom
+
+    app = _app(trained_run, monkeypatch)
+    data = write_dicom(tmp_path / "scan.dcm", ramp(256, 256),
+                       PhotometricInterpretation="MONOCHROME1").read_bytes()
+    app.file_uploader[0].set_value(("scan.dcm", data, "application/dicom")).run()
+    assert not app.exception and not app.error
+    metadata = app.table[1].value
+    assert list(metadata["value"]) == ["MG", "MLO", "L", "16", "MONOCHROME1"]
+    page = str([element.value for element in app.markdown] + [t.value.to_string()
+                                                              for t in app.table])
+    assert "SECRET-PATIENT-42" not in page and "Doe" not in page
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_real_browser_two_sessions(trained_run: Path, prepared_mias: Path,
+                                   tmp_path: Path) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("Debian's chromium is required at /usr/bin/chromium (apt-get install "
+                    "chromium); .ci/run installs it.")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tumor_classifier.cli", "app", str(trained_run),
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("the app did not start") from None
+                time.sleep(0.5)
+        films = _films(prepared_mias)
+        classifier = Classifier.load(trained_run)
+        with playwright.sync_playwright() as driver:
+            browser = driver.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--headless", "--no-sandbox", "--disable-gpu",
+                      "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync", "--no-first-run"])
+            pages = [browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+                     for _ in films]
+            for page in pages:
+                page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+                page.wait_for_selector("input[type=file]", state="attached", timeout=60_000)
+            # two sessions upload at the same time
+            for page, film in zip(pages, films, strict=True):
+                page.set_input_files("input[type=file]", str(film))
+            for index, (page, film) in enumerate(zip(pages, films, strict=True)):
+                page.get_by_text("Probabilities").first.wait_for(timeout=120_000)
+                page.wait_for_timeout(1500)  # let the image render for the screenshot
+                text = page.inner_text("body")
+                expected = classifier.predict([film])[0].probabilities
+                for value in expected.values():
+                    assert f"{value:.6f}" in text
+                page.screenshot(path=str(tmp_path / f"session{index}.png"), full_page=True)
+            browser.close()
+        assert all((tmp_path / f"session{i}.png").stat().st_size > 10_000 for i in range(2))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
