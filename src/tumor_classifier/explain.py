@@ -10,6 +10,7 @@ must be a chain of layers (true of every preset: pooling/flatten, dropout, dense
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,3 +141,43 @@ def peak_location(heatmap: np.ndarray) -> tuple[int, int]:
     """(row, column) of the heat map's maximum."""
     row, column = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     return int(row), int(column)
+
+
+def lesion_hit_rate(classifier: Any, data_dir: Path, split: str = "test") -> dict[str, Any]:
+    """How often the Grad-CAM peak falls inside a marked lesion circle.
+
+    Uses `annotations.csv` written by `prepare mini-mias` (centre and radius in pixels of
+    the original film). For each annotated film of `split`, the heat map of the predicted
+    class is computed at the model's input size, its peak is mapped back to film
+    coordinates, and a hit is a peak inside any of the film's circles. `chance` is the mean
+    share of the film covered by its circles: the hit rate of a peak placed at random.
+    """
+    import csv
+
+    from .imaging import read_image
+
+    circles: dict[str, list[tuple[float, float, float]]] = {}
+    with (Path(data_dir) / "annotations.csv").open(encoding="utf-8") as handle:
+        for entry in csv.DictReader(handle):
+            if entry["file"].startswith(f"{split}/"):
+                circles.setdefault(entry["file"], []).append(
+                    (float(entry["x"]), float(entry["y"]), float(entry["radius"])))
+    hits, chance = [], []
+    for relative, marks in sorted(circles.items()):
+        image = read_image(Path(data_dir) / relative)
+        model_input = classifier.preprocess(image)
+        probabilities = classifier.predict_batch(model_input[np.newaxis])[0]
+        heatmap = grad_cam(classifier.model, model_input, int(np.argmax(probabilities)),
+                           classifier.config.get("gradcam_layer"))
+        row, column = peak_location(heatmap)
+        height, width = image.shape[:2]
+        y = (row + 0.5) * height / heatmap.shape[0]
+        x = (column + 0.5) * width / heatmap.shape[1]
+        hits.append(any((x - cx) ** 2 + (y - cy) ** 2 <= r**2 for cx, cy, r in marks))
+        rows, columns = np.mgrid[0:height:4, 0:width:4]
+        inside = np.zeros(rows.shape, bool)
+        for cx, cy, r in marks:
+            inside |= (columns - cx) ** 2 + (rows - cy) ** 2 <= r**2
+        chance.append(float(inside.mean()))
+    return {"films": len(hits), "hit_rate": float(np.mean(hits)) if hits else None,
+            "chance": float(np.mean(chance)) if chance else None}
