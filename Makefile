@@ -8,7 +8,7 @@ MODEL ?= seed
 RUN ?= runs/$(MODEL)-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench notebook app clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,17 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
+
+# Runs the notebook top to bottom; the executed copy (with images) stays outside git.
+notebook: install
+	mkdir -p build
+	cd notebooks && ../$(BIN)/papermill tumor_classifier.ipynb ../build/tumor_classifier.executed.ipynb
+	@echo "executed notebook: build/tumor_classifier.executed.ipynb"
+
+bench: install
+	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
