@@ -353,3 +353,18 @@ def test_random_truncations_and_corruptions_only_raise_image_read_error(
 def test_random_bytes_only_raise_image_read_error(data: bytes, suffix: str) -> None:
     with pytest.raises(ImageReadError, match=f"^random{suffix}: "):
         read_image(io.BytesIO(data), name=f"random{suffix}")
+
+
+def test_crop_breast_on_real_films_is_orientation_invariant(mias_dir: Path) -> None:
+    from tumor_classifier.imaging import crop_breast
+
+    for name in ("mdb028.pgm", "mdb001.pgm"):  # a right and a left breast
+        film = read_image(mias_dir / name)
+        crop = crop_breast(film)
+        assert crop.shape[0] == crop.shape[1] and crop.shape[0] < film.shape[0]
+        # chest wall (more tissue) on the left half
+        assert crop[:, : crop.shape[1] // 2].sum() > crop[:, crop.shape[1] // 2 :].sum()
+        # the mirrored film gives the same crop
+        np.testing.assert_array_equal(crop_breast(film[:, ::-1].copy()), crop)
+    model_input = preprocess(read_image(mias_dir / "mdb028.pgm"), 256, 1, crop=True)
+    assert model_input.shape == (256, 256, 1)

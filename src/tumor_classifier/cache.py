@@ -101,10 +101,10 @@ def _signature(path: Path) -> list[Any]:
     return [str(path), stat.st_size, stat.st_mtime_ns]
 
 
-def _decode(task: tuple[str, int, int]) -> np.ndarray | str:
-    path, image_size, channels = task
+def _decode(task: tuple[str, int, int, bool]) -> np.ndarray | str:
+    path, image_size, channels, crop = task
     try:
-        return load_model_input(path, image_size, channels)
+        return load_model_input(path, image_size, channels, crop=crop)
     except ImageReadError as error:
         return str(error)
 
@@ -124,6 +124,7 @@ def cache_images(
     cache_dir: Path | None = None,
     workers: int = 0,
     description: str = "decoding",
+    crop: bool = False,
 ) -> CachedImages:
     """Decode `files` (all under `root`) into the cache, reusing every unchanged entry.
 
@@ -133,7 +134,7 @@ def cache_images(
     """
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     settings = {"root": str(Path(root).resolve()), "image_size": image_size,
-                "channels": channels, "version": PREPROCESSING_VERSION}
+                "channels": channels, "crop": crop, "version": PREPROCESSING_VERSION}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
     folder = cache_dir / key
     shape = (len(files), image_size, image_size, channels)
@@ -187,7 +188,7 @@ def cache_images(
             finally:
                 os.close(source)
         os.ftruncate(file, len(files) * row_bytes)
-        tasks = [(str(files[row]), image_size, channels) for row in todo]
+        tasks = [(str(files[row]), image_size, channels, crop) for row in todo]
         workers = workers or os.cpu_count() or 1
         progress = tqdm(total=len(tasks), desc=description, unit="image",
                         disable=len(tasks) < 50)

@@ -51,6 +51,9 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                         help="balanced | none | BEN=5,CAN=5,NOR=1 (default: %(default)s)")
     for name in ("steps_per_epoch", "validation_steps", "patience"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    parser.add_argument("--crop-breast", action=argparse.BooleanOptionalAction,
+                        default=defaults.crop_breast,
+                        help="crop to the breast and flip to one orientation first")
     parser.add_argument("--cache-dir", default=None,
                         help="decoded-image cache (default: ~/.cache/tumor-classifier)")
     parser.add_argument("--skip-unreadable", action="store_true",

@@ -31,6 +31,9 @@ class TrainConfig:
     image_size: int = 128
     # 1 = grayscale (mammograms), 3 = the grey image repeated (for RGB backbones).
     channels: int = 1
+    # Crop to the breast, flip it to one orientation and pad to a square before resizing
+    # (imaging.crop_breast); off = the whole image stretched, as the original did.
+    crop_breast: bool = False
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 1e-3

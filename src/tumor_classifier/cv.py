@@ -167,11 +167,10 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         classifier = Classifier.load(run_dir)
         if classifier.class_names != class_names:
             raise ValueError(f"fold {fold + 1} lacks a class: {classifier.class_names}")
-        from .imaging import load_model_input
+        from .imaging import read_image
 
         pooled_probabilities[split[2]] = classifier.predict_batch(np.stack([
-            load_model_input(path, classifier.image_size, classifier.channels)
-            for path in test_files]))
+            classifier.preprocess(read_image(path)) for path in test_files]))
         logger.info("fold %d/%d: accuracy %.3f, macro AUC %s, %.0f s", fold + 1, folds,
                     metrics["accuracy"], metrics["macro_auc_ovr"], seconds)
 

@@ -150,7 +150,8 @@ def evaluate(
     classifier = Classifier.load(run_dir, tta=tta)
     folder = scan_folder(data_dir, classifier.class_names)
     images = cache_images(folder.root, folder.files, classifier.image_size,
-                          classifier.channels, cache_dir, workers, "reading")
+                          classifier.channels, cache_dir, workers, "reading",
+                          crop=classifier.crop_breast)
     failures = images.failures
     for message in failures.values():
         logger.error("%s", message)

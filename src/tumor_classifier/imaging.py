@@ -339,17 +339,70 @@ def _window(values: np.ndarray, center: float, width: float, function: str) -> n
     return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
 
 
-def preprocess(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
+def _otsu_threshold(values: np.ndarray) -> float:
+    """Otsu's threshold of values in [0, 1] (256 bins)."""
+    histogram, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(histogram)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(histogram * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def crop_breast(image: np.ndarray) -> np.ndarray:
+    """The breast region, chest wall on the left, padded to a square.
+
+    The largest bright connected region (Otsu threshold on a 256-pixel thumbnail) is the
+    breast; labels and film edges are smaller and fall away. The crop is flipped so that
+    the side with more tissue (the chest wall) is on the left, then padded with zeros on
+    the right and evenly above and below, so resizing keeps the aspect ratio.
+    """
+    from scipy import ndimage
+
+    height, width = image.shape
+    scale = 256 / max(height, width)
+    thumbnail = np.asarray(Image.fromarray(image.astype(np.float32)).resize(
+        (max(1, round(width * scale)), max(1, round(height * scale))),
+        Image.Resampling.BILINEAR))
+    mask = thumbnail > _otsu_threshold(thumbnail)
+    regions, count = ndimage.label(mask)
+    if count == 0:
+        return image
+    sizes = ndimage.sum(mask, regions, index=range(1, count + 1))
+    breast = regions == int(np.argmax(sizes)) + 1
+    rows, columns = np.flatnonzero(breast.any(axis=1)), np.flatnonzero(breast.any(axis=0))
+    top, bottom = int(rows[0] / scale), int(np.ceil((rows[-1] + 1) / scale))
+    left, right = int(columns[0] / scale), int(np.ceil((columns[-1] + 1) / scale))
+    crop = image[top:min(bottom, height), left:min(right, width)]
+    middle = breast.shape[1] // 2
+    if breast[:, middle:].sum() > breast[:, :middle].sum():
+        crop = crop[:, ::-1]
+    side = max(crop.shape)
+    square = np.zeros((side, side), np.float32)
+    offset = (side - crop.shape[0]) // 2
+    square[offset:offset + crop.shape[0], : crop.shape[1]] = crop
+    return square
+
+
+def preprocess(image: np.ndarray, image_size: int, channels: int,
+               crop: bool = False) -> np.ndarray:
     """Resize a `read_image` result to the model's input: (image_size, image_size, channels).
 
-    The whole image is resized to a square (as Keras' `flow_from_directory` did), with
-    Pillow's antialiased bilinear filter on float32 pixels, so no bit depth is lost.
+    By default the whole image is resized to a square (as Keras' `flow_from_directory`
+    did); with `crop`, the breast region is cropped, flipped to one orientation and padded
+    to a square first (`crop_breast`). Resizing uses Pillow's antialiased bilinear filter
+    on float32 pixels, so no bit depth is lost.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}.")
-    if image.ndim == 3 and channels == 1:
+    if image.ndim == 3 and (channels == 1 or crop):
         # ITU-R 601 luma, the same weights as Pillow's convert("L").
         image = image[:, :, :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+    if crop:
+        image = crop_breast(image)
     planes = [image] if image.ndim == 2 else [image[:, :, index] for index in range(3)]
     resized = [
         np.asarray(
@@ -366,6 +419,6 @@ def preprocess(image: np.ndarray, image_size: int, channels: int) -> np.ndarray:
 
 
 def load_model_input(source: Source, image_size: int, channels: int,
-                     name: str | None = None) -> np.ndarray:
+                     name: str | None = None, crop: bool = False) -> np.ndarray:
     """`read_image` then `preprocess`: the exact model input for one file."""
-    return preprocess(read_image(source, name), image_size, channels)
+    return preprocess(read_image(source, name), image_size, channels, crop)

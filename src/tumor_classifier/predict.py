@@ -50,6 +50,7 @@ class Classifier:
         self.class_names: tuple[str, ...] = tuple(config["class_names"])
         self.image_size: int = int(config["image_size"])
         self.channels: int = int(config["channels"])
+        self.crop_breast: bool = bool(config.get("preprocessing", {}).get("crop_breast", False))
         calibration = config.get("calibration") or {}
         # Fitted on the validation split by `train`; 1.0 (no change) for older runs.
         self.temperature: float = float(calibration.get("temperature", 1.0))
@@ -101,7 +102,7 @@ class Classifier:
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """`imaging.preprocess` with this model's recorded parameters."""
-        return preprocess(image, self.image_size, self.channels)
+        return preprocess(image, self.image_size, self.channels, self.crop_breast)
 
     def predict(self, sources: Sequence[Source], names: Sequence[str] | None = None,
                 batch_size: int = 32) -> list[Prediction]:

@@ -119,7 +119,7 @@ def _load_split(
     messages of the files that did not."""
     images = cache_images(folder.root, folder.files, config.image_size, config.channels,
                           Path(config.cache_dir) if config.cache_dir else None,
-                          config.workers, f"decoding {name}")
+                          config.workers, f"decoding {name}", crop=config.crop_breast)
     rows = np.array([row for row in range(len(folder.files)) if row not in images.failures],
                     dtype=np.int64)
     labels = np.asarray(folder.labels, dtype=np.int64)[rows]
@@ -251,9 +251,12 @@ def train(config: TrainConfig) -> Path:
         "input_shape": list(input_shape),
         "preprocessing": {
             "reader": "tumor_classifier.imaging.read_image (full bit depth, float32 [0, 1])",
-            "resize": "stretch to square, antialiased bilinear",
+            "resize": ("crop to the breast, flip chest wall left, pad to square"
+                       if config.crop_breast else "stretch to square")
+            + ", antialiased bilinear",
             "image_size": config.image_size,
             "channels": config.channels,
+            "crop_breast": config.crop_breast,
         },
         "model": config.model,
         "parameters": int(model.count_params()),
