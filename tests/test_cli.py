@@ -57,7 +57,12 @@ def test_jax_backend_smoke(small_dataset: Path, tmp_path: Path) -> None:
         "assert keras.backend.backend() == 'jax'\n"
         f"run = train(TrainConfig(data_dir={str(small_dataset)!r}, out={str(run_dir)!r}, "
         "epochs=1, image_size=64, workers=1))\n"
-        f"result = Classifier.load(run).predict([sys.argv[1]])[0]\n"
+        "classifier = Classifier.load(run)\n"
+        "result = classifier.predict([sys.argv[1]])[0]\n"
+        "from tumor_classifier.explain import grad_cam\n"
+        "from tumor_classifier.imaging import read_image\n"
+        "heat = grad_cam(classifier.model, classifier.preprocess(read_image(sys.argv[1])), 0)\n"
+        "assert heat.shape == (64, 64) and 0 <= heat.min() <= heat.max() <= 1\n"
         "print(sum(result.probabilities.values()))\n"
     )
     film = next((small_dataset / "validation" / "NOR").glob("*.png"))

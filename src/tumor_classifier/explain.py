@@ -3,8 +3,7 @@
 The heat map is the ReLU of the target convolution's feature maps weighted by the spatially
 averaged gradient of the class score. The target is the last layer with a 4-D output
 (found automatically) or the layer named `gradcam_layer` in the run's config.json. Gradients
-come from the active backend (TensorFlow, JAX or PyTorch); everything after the target layer
-must be a chain of layers (true of every preset: pooling/flatten, dropout, dense).
+come from the active backend (TensorFlow, JAX or PyTorch).
 """
 
 from __future__ import annotations
@@ -35,34 +34,12 @@ def find_target_layer(model: Any, name: str | None = None) -> Any:
     raise ValueError("The model has no layer with a 4-D (image-like) output for Grad-CAM.")
 
 
-def _head(model: Any, target: Any) -> list[Any]:
-    """The layers after `target`, which must form a chain up to the output."""
-    layers = list(model.layers)
-    head = layers[layers.index(target) + 1 :]
-    previous = target
-    for layer in head:
-        inbound = [node for node in layer._inbound_nodes]
-        parents = {
-            id(tensor._keras_history.operation)
-            for node in inbound for tensor in node.input_tensors
-        }
-        if parents != {id(previous)}:
-            raise ValueError(
-                f"Grad-CAM needs a chain of layers after {target.name!r}; {layer.name!r} "
-                "has other inputs. Name another layer with gradcam_layer in config.json."
-            )
-        previous = layer
-    return head
-
-
-def _gradient(head: list[Any], features: np.ndarray, class_index: int) -> np.ndarray:
-    """d score[class_index] / d features, through the head layers, on the active backend."""
+def _gradient(head: Any, features: np.ndarray, class_index: int) -> np.ndarray:
+    """d score[class_index] / d features, through the head model, on the active backend."""
     import keras
 
     def score(values: Any) -> Any:
-        for layer in head:
-            values = layer(values, training=False)
-        return values[0, class_index]
+        return head(values, training=False)[0, class_index]
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -102,8 +79,10 @@ def grad_cam(model: Any, model_input: np.ndarray, class_index: int,
     import keras
 
     target = find_target_layer(model, layer_name)
-    head = _head(model, target)
+    # The model split in two at the target: input -> features -> class scores. Keras
+    # builds both halves from the model's own graph (any topology after the target).
     feature_model = keras.Model(model.inputs[0], target.output)
+    head = keras.Model(target.output, model.outputs[0])
     features = np.asarray(
         keras.ops.convert_to_numpy(feature_model(model_input[np.newaxis], training=False)),
         np.float32,

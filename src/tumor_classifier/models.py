@@ -73,9 +73,37 @@ def _resnet_small(input_shape: tuple[int, int, int], num_classes: int) -> keras.
     return keras.Model(inputs, outputs, name="resnet_small")
 
 
+def _mammo_net(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """A residual depthwise-separable CNN for one-channel mammograms at 256-512 pixels.
+
+    Meant for breast-cropped images in one orientation (`--crop-breast`), so augmentation
+    flips only vertically (a horizontal flip would undo the orientation), with small
+    rotations, zoom, translation and contrast changes, all active only in `fit`. A finding
+    is small and local, so the head concatenates global max pooling (is there a suspicious
+    spot anywhere?) with global average pooling (what is the tissue like overall?).
+    """
+    inputs = keras.Input(shape=input_shape)
+    x = layers.RandomFlip("vertical")(inputs)
+    x = layers.RandomRotation(0.03, fill_mode="constant")(x)
+    x = layers.RandomZoom(0.1, fill_mode="constant")(x)
+    x = layers.RandomTranslation(0.05, 0.05, fill_mode="constant")(x)
+    x = layers.RandomContrast(0.2)(x)
+    x = layers.Conv2D(24, 5, strides=2, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    for filters in (32, 64, 96, 128, 192):
+        x = _residual_block(x, filters, stride=2)
+        x = _residual_block(x, filters, stride=1)
+    x = layers.Concatenate()([layers.GlobalMaxPooling2D()(x), layers.GlobalAveragePooling2D()(x)])
+    x = layers.Dropout(0.4)(x)
+    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="mammo_net")
+
+
 PRESETS: dict[str, Callable[[tuple[int, int, int], int], keras.Model]] = {
     "seed": _seed,
     "resnet_small": _resnet_small,
+    "mammo_net": _mammo_net,
 }
 
 
