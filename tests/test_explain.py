@@ -22,13 +22,16 @@ from tumor_classifier.predict import Classifier
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_grad_cam_works_for_every_preset(name: str) -> None:
+def test_grad_cam_works_for_every_preset_built_or_loaded(name: str, tmp_path: Path) -> None:
     model = build_model(name, (64, 64, 1), 3)
     image = np.random.default_rng(0).random((64, 64, 1), np.float32)
     heatmap = grad_cam(model, image, class_index=1)
     assert heatmap.shape == (64, 64) and heatmap.dtype == np.float32
     assert 0.0 <= heatmap.min() and heatmap.max() <= 1.0
     assert "pooling" not in find_target_layer(model).name
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    np.testing.assert_allclose(grad_cam(loaded, image, class_index=1), heatmap, atol=1e-6)
 
 
 def test_named_layer_and_overlay() -> None:

@@ -165,4 +165,8 @@ def main() -> None:
         show_result(classifier, upload.name, data, opacity)
 
 
-main()
+# Streamlit runs this file as __main__. The guard keeps other importers (multiprocessing's
+# "spawn" re-imports the main module of a process that ran the app in tests) from
+# starting a page.
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,28 @@ def find_target_layer(model: Any, name: str | None = None) -> Any:
     raise ValueError("The model has no layer with a 4-D (image-like) output for Grad-CAM.")
 
 
+def _split(model: Any, target: Any) -> tuple[Any, Any]:
+    """The model cut in two at `target`: input -> features, and features -> class scores,
+    sharing the model's layers and weights."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        # A Sequential model (as loaded from .keras) is a chain: re-chain its layers.
+        layers = list(model.layers)
+        position = layers.index(target)
+        inputs = keras.Input(shape=tuple(model.inputs[0].shape[1:]))
+        features = inputs
+        for layer in layers[: position + 1]:
+            features = layer(features)
+        head = keras.Sequential([keras.Input(shape=tuple(features.shape[1:])),
+                                 *layers[position + 1 :]])
+        return keras.Model(inputs, features), head
+    # A functional model: Keras builds both halves from its own graph, whatever the
+    # topology after the target (residual joins, several poolings).
+    return (keras.Model(model.inputs[0], target.output),
+            keras.Model(target.output, model.outputs[0]))
+
+
 def _gradient(head: Any, features: np.ndarray, class_index: int) -> np.ndarray:
     """d score[class_index] / d features, through the head model, on the active backend."""
     import keras
@@ -79,10 +101,7 @@ def grad_cam(model: Any, model_input: np.ndarray, class_index: int,
     import keras
 
     target = find_target_layer(model, layer_name)
-    # The model split in two at the target: input -> features -> class scores. Keras
-    # builds both halves from the model's own graph (any topology after the target).
-    feature_model = keras.Model(model.inputs[0], target.output)
-    head = keras.Model(target.output, model.outputs[0])
+    feature_model, head = _split(model, target)
     features = np.asarray(
         keras.ops.convert_to_numpy(feature_model(model_input[np.newaxis], training=False)),
         np.float32,
