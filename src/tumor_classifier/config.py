@@ -31,6 +31,9 @@ class TrainConfig:
     image_size: int = 128
     # 1 = grayscale (mammograms), 3 = the grey image repeated (for RGB backbones).
     channels: int = 1
+    # Pretrained presets only: "imagenet" (downloaded by Keras; the default for them), a
+    # weights file for offline use, or "none" (random initialisation).
+    weights: str | None = None
     # Crop to the breast, flip it to one orientation and pad to a square before resizing
     # (imaging.crop_breast); off = the whole image stretched, as the original did.
     crop_breast: bool = False

@@ -29,7 +29,8 @@ def find_target_layer(model: Any, name: str | None = None) -> Any:
     for layer in reversed(model.layers):
         # Pooling only subsamples the last convolution: explain the convolution itself,
         # at its higher resolution.
-        if "Pooling" not in type(layer).__name__ and len(layer.output.shape) == 4:
+        shape = layer._inbound_nodes[-1].output_tensors[0].shape
+        if "Pooling" not in type(layer).__name__ and len(shape) == 4:
             return layer
     raise ValueError("The model has no layer with a 4-D (image-like) output for Grad-CAM.")
 
@@ -51,9 +52,10 @@ def _split(model: Any, target: Any) -> tuple[Any, Any]:
                                  *layers[position + 1 :]])
         return keras.Model(inputs, features), head
     # A functional model: Keras builds both halves from its own graph, whatever the
-    # topology after the target (residual joins, several poolings).
-    return (keras.Model(model.inputs[0], target.output),
-            keras.Model(target.output, model.outputs[0]))
+    # topology after the target (residual joins, several poolings). The target's last call
+    # is the one in this graph (a nested backbone's first node is its own inner graph).
+    output = target._inbound_nodes[-1].output_tensors[0]
+    return keras.Model(model.inputs[0], output), keras.Model(output, model.outputs[0])
 
 
 def _gradient(head: Any, features: np.ndarray, class_index: int) -> np.ndarray:

@@ -7,6 +7,7 @@ backends. Inputs are float32 images in [0, 1] (see `imaging.preprocess`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 from keras import layers
@@ -100,21 +101,68 @@ def _mammo_net(input_shape: tuple[int, int, int], num_classes: int) -> keras.Mod
     return keras.Model(inputs, outputs, name="mammo_net")
 
 
-PRESETS: dict[str, Callable[[tuple[int, int, int], int], keras.Model]] = {
+def _efficientnet_b0(input_shape: tuple[int, int, int], num_classes: int,
+                     weights: str | None = None) -> keras.Model:
+    """EfficientNetB0 from `keras.applications`, ImageNet-pretrained when `weights` is
+    "imagenet" (downloaded once by Keras) or a path to those weights (offline use).
+
+    A one-channel mammogram is repeated to the three channels the backbone expects, and
+    scaled from [0, 1] to the [0, 255] its built-in normalisation expects. Flip and
+    contrast augmentation live in the model.
+    """
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: file not found; pass the path of "
+                                "EfficientNetB0 'notop' ImageNet weights (.h5).")
+    inputs = keras.Input(shape=input_shape)
+    x = layers.RandomFlip("vertical")(inputs)
+    x = layers.RandomContrast(0.2)(x)
+    if input_shape[-1] == 1:
+        x = layers.Concatenate()([x, x, x])
+    x = layers.Rescaling(255.0)(x)
+    try:
+        backbone = keras.applications.EfficientNetB0(
+            include_top=False, weights=weights, input_shape=(*input_shape[:2], 3))
+    except Exception as error:  # no network, a proxy, a corrupt download
+        if weights != "imagenet":
+            raise
+        raise ValueError(
+            "Could not download the ImageNet weights of EfficientNetB0 "
+            f"({type(error).__name__}: {error}). On a machine with internet access, save "
+            "them (keras.applications.EfficientNetB0(include_top=False).save_weights(...) "
+            "or Keras' efficientnetb0_notop.h5) and pass --weights PATH, or pass "
+            "--weights none to train from scratch."
+        ) from None
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="efficientnet_b0")
+
+
+PRESETS: dict[str, Callable[..., keras.Model]] = {
     "seed": _seed,
     "resnet_small": _resnet_small,
     "mammo_net": _mammo_net,
+    "efficientnet_b0": _efficientnet_b0,
 }
+# Presets that take pretrained weights (`--weights`).
+PRETRAINED = {"efficientnet_b0"}
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """Build an untrained model preset.
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
+                weights: str | None = None) -> keras.Model:
+    """Build a model preset.
 
     Args:
         name: one of `PRESETS`.
         input_shape: (height, width, channels).
         num_classes: number of output probabilities.
+        weights: for pretrained presets: "imagenet", a weights file, or None (random).
     """
     if name not in PRESETS:
         raise ValueError(f"Unknown model preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    return PRESETS[name](tuple(input_shape), num_classes)  # type: ignore[arg-type]
+    if name in PRETRAINED:
+        return PRESETS[name](tuple(input_shape), num_classes, weights)
+    if weights is not None:
+        raise ValueError(f"--weights applies to {', '.join(sorted(PRETRAINED))}, not {name!r}.")
+    return PRESETS[name](tuple(input_shape), num_classes)

@@ -162,7 +162,7 @@ def train(config: TrainConfig) -> Path:
     """
     import keras
 
-    from .models import build_model
+    from .models import PRETRAINED, build_model
 
     data_dir, run_dir = Path(config.data_dir), Path(config.out)
     if (run_dir / "model.keras").exists():
@@ -202,7 +202,13 @@ def train(config: TrainConfig) -> Path:
 
     keras.utils.set_random_seed(config.seed)
     input_shape = (config.image_size, config.image_size, config.channels)
-    model = build_model(config.model, input_shape, len(class_names))
+    backbone_weights = config.weights
+    if config.model in PRETRAINED:  # default ImageNet; "none" = random initialisation
+        backbone_weights = {None: "imagenet", "none": None}.get(backbone_weights,
+                                                                backbone_weights)
+    elif backbone_weights == "none":
+        backbone_weights = None
+    model = build_model(config.model, input_shape, len(class_names), backbone_weights)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss="categorical_crossentropy",
