@@ -100,14 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tta", action="store_true",
                           help="average over the image and its horizontal flip")
 
-    predict = commands.add_parser("predict", help="classify image files or folders")
-    predict.add_argument("run_dir", type=Path)
-    predict.add_argument("paths", type=Path, nargs="+")
+    predict = commands.add_parser(
+        "predict", help="classify image files or folders",
+        usage="tumor-classifier predict (RUN_DIR | --onnx MODEL.onnx) PATH... [options]")
+    predict.add_argument("paths", type=Path, nargs="+", metavar="RUN_DIR PATH",
+                         help="the run directory (unless --onnx), then files or folders")
+    predict.add_argument("--onnx", type=Path, default=None,
+                         help="use this ONNX export with onnxruntime (no TensorFlow needed)")
     predict.add_argument("--csv", type=Path, default=None, help="write results to this CSV")
     predict.add_argument("--tta", action="store_true",
                          help="average over the image and its horizontal flip")
     predict.add_argument("--heatmap", type=Path, default=None,
                          help="write the Grad-CAM overlay of the (single) file to this PNG")
+
+    export = commands.add_parser("export", help="export a run to ONNX or a SavedModel")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("out", type=Path)
+    export.add_argument("--format", dest="file_format", choices=["onnx", "saved-model"],
+                        default="onnx")
 
     app = commands.add_parser("app", help="start the Streamlit app on a trained model")
     app.add_argument("run_dir", type=Path)
@@ -170,10 +180,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .predict import Classifier, expand_paths
 
-    classifier = Classifier.load(args.run_dir, tta=args.tta)
-    files = expand_paths(args.paths)
+    paths = list(args.paths)
+    if args.onnx:
+        if args.heatmap:
+            raise ValueError("--heatmap needs the Keras model (RUN_DIR), not --onnx.")
+        from .export import load_onnx_classifier
+
+        classifier = load_onnx_classifier(args.onnx)
+        classifier.tta = args.tta
+    else:
+        if len(paths) < 2:
+            raise ValueError("predict needs RUN_DIR and at least one image file or folder.")
+        classifier = Classifier.load(paths.pop(0), tta=args.tta)
+    files = expand_paths(paths)
     if not files:
-        raise FileNotFoundError(f"no image files in {', '.join(map(str, args.paths))}")
+        raise FileNotFoundError(f"no image files in {', '.join(map(str, paths))}")
     if args.heatmap and len(files) != 1:
         raise ValueError(f"--heatmap needs exactly one image file, got {len(files)}.")
     results = classifier.predict(files)
@@ -217,6 +238,14 @@ def _write_heatmap(classifier: Any, file: Path, prediction: str | None, out: Pat
     print(f"Grad-CAM for {prediction}: {out}")
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    out = export(args.run_dir, args.out, args.file_format)
+    print(f"exported {args.run_dir} as {args.file_format}: {out}")
+    return 0
+
+
 def _app(args: argparse.Namespace) -> int:
     import os
     import subprocess
@@ -241,10 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     handlers = {"prepare": _prepare, "train": _train, "cv": _cv, "evaluate": _evaluate,
-                "predict": _predict, "app": _app}
+                "predict": _predict, "export": _export, "app": _app}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, CacheWriteError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, CacheWriteError,
+            ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,111 @@
+"""Export a run directory for use outside Python/Keras: ONNX (with onnxruntime) or a
+TensorFlow SavedModel, each carrying the class names and preprocessing as metadata.
+
+The preprocessing that lives inside the Keras model (augmentation is inactive at inference)
+is in the exported graph; the rest (reader, resize, crop, temperature) is described by the
+metadata and repeated by `OnnxModel` + `Classifier`, so `predict --onnx` gives the Keras
+model's probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .config import load_json, save_json
+
+FORMATS = ("onnx", "saved-model")
+METADATA_KEY = "tumor_classifier"
+
+
+def _metadata(run_dir: Path) -> dict[str, Any]:
+    config = load_json(run_dir / "config.json")
+    return {
+        "tumor_classifier_version": __version__,
+        "model": config.get("model"),
+        "class_names": config["class_names"],
+        "image_size": config["image_size"],
+        "channels": config["channels"],
+        "preprocessing": config.get("preprocessing", {}),
+        "calibration": config.get("calibration", {}),
+        "input": "float32 (batch, image_size, image_size, channels), pixels in [0, 1] from "
+                 "tumor_classifier.imaging.read_image + preprocess",
+        "output": "class probabilities (softmax, before temperature scaling)",
+    }
+
+
+def export(run_dir: Path | str, out: Path | str, file_format: str = "onnx") -> Path:
+    """Write the run's model to `out` as ONNX (one file) or a SavedModel (a folder).
+
+    Raises:
+        ValueError: an unknown format.
+        FileExistsError: `out` exists.
+    """
+    if file_format not in FORMATS:
+        raise ValueError(f"Unknown export format {file_format!r}; choose one of "
+                         f"{', '.join(FORMATS)}.")
+    import keras
+
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: exists; choose another output path.")
+    metadata = _metadata(run_dir)
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    size, channels = metadata["image_size"], metadata["channels"]
+    model(np.zeros((1, size, size, channels), np.float32), training=False)  # build the graph
+    if file_format == "onnx":
+        import onnx
+
+        model.export(str(out), format="onnx", verbose=False)
+        graph = onnx.load(str(out))
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+        onnx.save(graph, str(out))
+    else:
+        model.export(str(out), format="tf_saved_model", verbose=False)
+        save_json(metadata, out / f"{METADATA_KEY}.json")
+    return out
+
+
+class OnnxModel:
+    """An ONNX export run by onnxruntime, with the `predict_on_batch` that `Classifier`
+    calls. Needs neither TensorFlow nor Keras."""
+
+    def __init__(self, path: Path | str) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ImportError(
+                "predict --onnx needs onnxruntime: pip install 'tumor-classifier[onnx]'"
+            ) from None
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: ONNX model not found.")
+        self.session = onnxruntime.InferenceSession(str(path),
+                                                    providers=["CPUExecutionProvider"])
+        custom = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in custom:
+            raise ValueError(f"{path}: no {METADATA_KEY} metadata; export it with "
+                             "`tumor-classifier export RUN_DIR --format onnx OUT`.")
+        self.metadata: dict[str, Any] = json.loads(custom[METADATA_KEY])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: batch})[0])
+
+
+def load_onnx_classifier(path: Path | str) -> Any:
+    """A `Classifier` over an ONNX export: the same reading, preprocessing, temperature
+    and batching as with the Keras model."""
+    from .predict import Classifier
+
+    model = OnnxModel(path)
+    return Classifier(model, model.metadata, run_dir=None)
+
+
+def saved_model_metadata(folder: Path | str) -> dict[str, Any]:
+    return load_json(Path(folder) / f"{METADATA_KEY}.json")
