@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", dest="file_format", choices=["onnx", "saved-model"],
                         default="onnx")
 
+    serve = commands.add_parser("serve", help="start the REST service on a trained model")
+    serve.add_argument("run_dir", type=Path)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (default: localhost only)")
+    serve.add_argument("--port", type=int, default=8000)
+
     app = commands.add_parser("app", help="start the Streamlit app on a trained model")
     app.add_argument("run_dir", type=Path)
     app.add_argument("--port", type=int, default=8501)
@@ -246,6 +252,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .serve import create_app
+
+    uvicorn.run(create_app(args.run_dir), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def _app(args: argparse.Namespace) -> int:
     import os
     import subprocess
@@ -270,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     handlers = {"prepare": _prepare, "train": _train, "cv": _cv, "evaluate": _evaluate,
-                "predict": _predict, "export": _export, "app": _app}
+                "predict": _predict, "export": _export, "serve": _serve, "app": _app}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, CacheWriteError,

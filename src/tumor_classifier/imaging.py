@@ -162,9 +162,10 @@ def _read_pillow(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
             "before decoding (possible decompression bomb)."
         ) from error
     except UnidentifiedImageError as error:
+        suffix = Path(label).suffix
         raise ImageReadError(
-            f"{label}: not a readable image (unknown format); is it really a "
-            f"{Path(label).suffix or 'image'} file?"
+            f"{label}: not a readable image (unknown format); is it really "
+            + (f"a {suffix} file?" if suffix else "an image file?")
         ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+import schemathesis
+from schemathesis.checks import positive_data_acceptance
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tumor_classifier.predict import Classifier
+from tumor_classifier.serve import create_app
+
+
+@pytest.fixture(scope="module")
+def service(trained_run: Path):  # type: ignore[no-untyped-def]
+    return create_app(trained_run)
+
+
+@pytest.fixture(scope="module")
+def client(service) -> TestClient:  # type: ignore[no-untyped-def]
+    return TestClient(service)
+
+
+@pytest.fixture(scope="module")
+def api_schema(service):  # type: ignore[no-untyped-def]
+    return schemathesis.openapi.from_asgi("/openapi.json", service)
+
+
+@pytest.mark.slow
+def test_predict_matches_the_cli_and_heatmap_is_a_png(client: TestClient, trained_run: Path,
+                                                       prepared_mias: Path) -> None:
+    film = next((prepared_mias / "test" / "CAN").glob("*.png"))
+    answer = client.post("/v1/predict?heatmap=true",
+                         files={"file": (film.name, film.read_bytes(), "image/png")})
+    assert answer.status_code == 200
+    body = answer.json()
+    expected = Classifier.load(trained_run).predict([film])[0]
+    assert body["prediction"] == expected.prediction
+    for name, value in expected.probabilities.items():
+        assert body["probabilities"][name] == pytest.approx(value, abs=1e-6)
+    assert body["model"]["name"] == "seed" and body["dicom"] is None
+    with Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"]))) as image:
+        assert image.format == "PNG" and image.size == (1024, 1024)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    card = client.get("/v1/model").json()
+    assert card["class_names"] == ["BEN", "CAN", "NOR"] and "not a medical device" in card["notice"]
+
+
+@pytest.mark.slow
+def test_bad_uploads_are_4xx_with_a_message(client: TestClient, prepared_mias: Path,
+                                            tmp_path: Path) -> None:
+    from conftest import ramp, write_dicom
+
+    film = next((prepared_mias / "test" / "NOR").glob("*.png")).read_bytes()
+    cases = {
+        "notes.png": (b"just text", "not a readable image"),
+        "truncated.png": (film[:5000], "cannot decode image"),
+        "empty.dcm": (b"", "empty file"),
+    }
+    for name, (data, message) in cases.items():
+        answer = client.post("/v1/predict", files={"file": (name, data, "image/png")})
+        assert answer.status_code == 400 and message in answer.json()["detail"], name
+    assert client.post("/v1/predict").status_code == 422
+    dicom = write_dicom(tmp_path / "scan.dcm", ramp(256, 256)).read_bytes()
+    answer = client.post("/v1/predict", files={"file": ("scan.dcm", dicom, "application/dicom")})
+    assert answer.status_code == 200
+    assert answer.json()["dicom"]["modality"] == "MG"
+    assert "SECRET-PATIENT-42" not in answer.text and "Doe" not in answer.text
+
+
+@pytest.mark.slow
+def test_openapi_contract(api_schema) -> None:  # type: ignore[no-untyped-def]
+    """Schemathesis: whatever the schema allows, the service answers as its schema says,
+    and never with a server error."""
+    from hypothesis import HealthCheck, given, settings
+
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
+        "POST /v1/predict", "GET /v1/model", "GET /healthz"}
+    for operation in operations:
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def check(case) -> None:  # type: ignore[no-untyped-def]
+            # The schema cannot say "a decodable image", so random bytes that it allows
+            # are rightly rejected with 400: that one check does not apply.
+            case.call_and_validate(excluded_checks=[positive_data_acceptance])
+
+        check()
