@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from schemathesis.checks import positive_data_acceptance
 from fastapi.testclient import TestClient
 from PIL import Image
+from schemathesis.checks import positive_data_acceptance
 
 from tumor_classifier.predict import Classifier
 from tumor_classifier.serve import create_app
@@ -46,7 +46,8 @@ def test_predict_matches_the_cli_and_heatmap_is_a_png(client: TestClient, traine
         assert image.format == "PNG" and image.size == (1024, 1024)
     assert client.get("/healthz").json() == {"status": "ok"}
     card = client.get("/v1/model").json()
-    assert card["class_names"] == ["BEN", "CAN", "NOR"] and "not a medical device" in card["notice"]
+    assert card["class_names"] == ["BEN", "CAN", "NOR"]
+    assert "not a medical device" in card["notice"]
 
 
 @pytest.mark.slow
