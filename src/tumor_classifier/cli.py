@@ -51,6 +51,10 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                         help="balanced | none | BEN=5,CAN=5,NOR=1 (default: %(default)s)")
     for name in ("steps_per_epoch", "validation_steps", "patience"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    parser.add_argument("--distribute", choices=["none", "data-parallel"],
+                        default=defaults.distribute,
+                        help="data-parallel: split each batch over all devices "
+                        "(JAX DataParallel or tf.distribute.MirroredStrategy)")
     parser.add_argument("--weights", default=None,
                         help="pretrained presets: imagenet (default), a weights file, or none")
     parser.add_argument("--crop-breast", action=argparse.BooleanOptionalAction,

@@ -53,6 +53,8 @@ class TrainConfig:
     skip_unreadable: bool = False
     # Processes that decode images; 0 = one per CPU core.
     workers: int = 0
+    # "none" or "data-parallel": the global batch split over all devices (distribute.py).
+    distribute: str = "none"
     # Where decoded images are cached (None: $TUMOR_CLASSIFIER_CACHE or ~/.cache/...).
     cache_dir: str | None = None
 

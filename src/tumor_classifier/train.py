@@ -19,6 +19,7 @@ from . import __version__
 from .cache import CachedImages, cache_images
 from .config import TrainConfig, save_json
 from .data import ImageFolder, scan_folder
+from .distribute import as_feed, distribution_scope
 from .evaluate import patient_groups, write_evaluation
 from .metrics import (
     apply_temperature,
@@ -148,6 +149,57 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _fit(model: Any, config: TrainConfig, x_train: CachedImages, train_rows: np.ndarray,
+         y_train: np.ndarray, x_val: CachedImages, val_rows: np.ndarray, y_val: np.ndarray,
+         num_classes: int, weights: dict[int, float] | None, run_dir: Path,
+         devices: int) -> Any:
+    """`model.fit` on the cached images with the checkpoint, history and early stopping."""
+    import keras
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / "model.keras"
+    callbacks: list[Any] = [
+        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+    ]
+    if config.patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
+        )
+    # Validation: the whole split in order every epoch, or with --validation-steps the same
+    # seeded random subset (files are sorted by class, so a plain prefix would be one class).
+    val_subset = np.arange(len(val_rows))
+    if config.validation_steps is not None:
+        count = min(len(val_rows), config.validation_steps * config.batch_size)
+        val_subset = np.sort(
+            np.random.default_rng(config.seed).permutation(len(val_rows))[:count]
+        )
+    if devices > 1:
+        # Every batch, the last of a pass included, must split evenly over the devices
+        # (the batch size is a multiple of them): leave out the last few images if needed.
+        keep = len(train_rows) - len(train_rows) % devices
+        train_rows, y_train = train_rows[:keep], y_train[:keep]
+        val_subset = val_subset[: len(val_subset) - len(val_subset) % devices]
+    image_shape = (config.image_size, config.image_size, config.channels)
+    history = model.fit(
+        as_feed(lambda: batches(x_train, train_rows, y_train, num_classes, config.batch_size,
+                                weights, config.seed),
+                image_shape, num_classes, config.distribute, with_weights=True),
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch or math.ceil(len(train_rows) / config.batch_size),
+        validation_data=as_feed(
+            lambda: ((images, labels) for images, labels, _ in batches(
+                x_val, val_rows[val_subset], y_val[val_subset], num_classes,
+                config.batch_size, seed=None)),
+            image_shape, num_classes, config.distribute, with_weights=False),
+        validation_steps=math.ceil(len(val_subset) / config.batch_size),
+        shuffle=False,  # `batches` reshuffles every pass itself
+        callbacks=callbacks,
+        verbose=2,  # one line per epoch
+    )
+    return history
+
+
 def train(config: TrainConfig) -> Path:
     """Train a model on `config.data_dir/{train,validation}` and write a run directory.
 
@@ -208,44 +260,17 @@ def train(config: TrainConfig) -> Path:
                                                                 backbone_weights)
     elif backbone_weights == "none":
         backbone_weights = None
-    model = build_model(config.model, input_shape, len(class_names), backbone_weights)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = run_dir / "model.keras"
-    callbacks: list[Any] = [
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-    ]
-    if config.patience is not None:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
-        )
-    started = datetime.datetime.now(datetime.UTC)
-    # Validation: the whole split in order every epoch, or with --validation-steps the same
-    # seeded random subset (files are sorted by class, so a plain prefix would be one class).
-    val_subset = np.arange(len(val_rows))
-    if config.validation_steps is not None:
-        count = min(len(val_rows), config.validation_steps * config.batch_size)
-        val_subset = np.sort(
-            np.random.default_rng(config.seed).permutation(len(val_rows))[:count]
-        )
     num_classes = len(class_names)
-    history = model.fit(
-        prefetch(batches(x_train, train_rows, y_train, num_classes, config.batch_size,
-                         weights, config.seed)),
-        epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch or math.ceil(len(train_rows) / config.batch_size),
-        validation_data=prefetch(batches(x_val, val_rows[val_subset], y_val[val_subset],
-                                         num_classes, config.batch_size, seed=None)),
-        validation_steps=math.ceil(len(val_subset) / config.batch_size),
-        shuffle=False,  # `batches` reshuffles every pass itself
-        callbacks=callbacks,
-        verbose=2,  # one line per epoch
-    )
+    started = datetime.datetime.now(datetime.UTC)
+    with distribution_scope(config.distribute, config.batch_size) as devices:
+        model = build_model(config.model, input_shape, len(class_names), backbone_weights)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        history = _fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
+                       num_classes, weights, run_dir, devices)
     val_losses = history.history["val_loss"]
     best_epoch = int(np.argmin(val_losses)) + 1
 
@@ -275,6 +300,7 @@ def train(config: TrainConfig) -> Path:
                                    .tolist(), strict=True)),
         },
         "unreadable_skipped": unreadable,
+        "devices": devices,
         "best_epoch": best_epoch,
         "epochs_run": len(val_losses),
         "started": started.isoformat(timespec="seconds"),
