@@ -36,7 +36,7 @@ from tumor_classifier.cache import cache_images  # noqa: E402
 from tumor_classifier.data import scan_folder  # noqa: E402
 from tumor_classifier.imaging import load_model_input  # noqa: E402
 from tumor_classifier.models import build_model  # noqa: E402
-from tumor_classifier.train import batches, prefetch  # noqa: E402
+from tumor_classifier.train import Batches, as_dataset  # noqa: E402
 
 BATCH = 32
 
@@ -98,8 +98,8 @@ def project(folder: Path, size: int, epochs: int, cache_dir: Path) -> list[float
     images = cache_images(folder, scan.files, size, 1, cache_dir, description="cache")
     build = time.perf_counter() - started
     rows = np.arange(len(scan.files))
-    feed = prefetch(batches(images, rows, np.asarray(scan.labels), 3, BATCH, None, 0))
-    times = _fit(feed, epochs, size, steps=math.ceil(len(rows) / BATCH))
+    feed = as_dataset(Batches(images, rows, np.asarray(scan.labels), 3, BATCH, None, 0))
+    times = _fit(feed, epochs, size)
     times[0] += build
     return times
 

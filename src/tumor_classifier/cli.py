@@ -44,7 +44,7 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                         help="model preset (default: %(default)s)")
     for name, kind in (("image_size", int), ("channels", int), ("epochs", int),
                        ("batch_size", int), ("learning_rate", float), ("seed", int),
-                       ("workers", int)):
+                       ("workers", int), ("patch_pretrain_epochs", int)):
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
                             default=getattr(defaults, name), help="default: %(default)s")
     parser.add_argument("--class-weight", default=defaults.class_weight,

@@ -53,6 +53,9 @@ class TrainConfig:
     skip_unreadable: bool = False
     # Processes that decode images; 0 = one per CPU core.
     workers: int = 0
+    # Epochs of lesion-patch pretraining before whole-image training (patches.py; needs
+    # annotations.csv and a preset with a global-pooling head); 0 = off.
+    patch_pretrain_epochs: int = 0
     # "none" or "data-parallel": the global batch split over all devices (distribute.py).
     distribute: str = "none"
     # Where decoded images are cached (None: $TUMOR_CLASSIFIER_CACHE or ~/.cache/...).

@@ -134,12 +134,18 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
     labels = [sample.label for sample in samples]
     class_names = tuple(sorted(set(labels)))
     parts = patient_folds(labels, [sample.patient for sample in samples], folds, config.seed)
+    circles: dict[Path, list[tuple[float, float, float]]] = {}
+    if (Path(data_dir) / "annotations.csv").is_file():
+        from .patches import load_annotations
+
+        circles = load_annotations(Path(data_dir))
 
     per_fold: list[dict[str, Any]] = []
     pooled_probabilities = np.zeros((len(samples), len(class_names)), np.float32)
     for fold, split in enumerate(parts):
         fold_dir = out / f"fold{fold + 1}"
         rows = []
+        link_sources: dict[str, Path] = {}
         for part, indices in zip(("train", "validation", "test"), split, strict=True):
             for index in indices:
                 sample = samples[index]
@@ -147,6 +153,16 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
                 relative = Path(part) / sample.label / name
                 _link(sample.path, fold_dir / "data" / relative)
                 rows.append([relative.as_posix(), sample.label, sample.patient, part])
+                link_sources[relative.as_posix()] = sample.path.resolve()
+        if circles:  # lesion circles follow their films into the fold
+            with (fold_dir / "data" / "annotations.csv").open(
+                    "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["file", "x", "y", "radius"])
+                for relative, _, _, _ in rows:
+                    source = link_sources[relative]
+                    for x, y, radius in circles.get(source, []):
+                        writer.writerow([relative, x, y, radius])
         with (fold_dir / "data" / "split.csv").open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["file", "label", "patient_id", "split"])

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -71,26 +71,3 @@ def _check_batch(batch_size: int, devices: int) -> None:
     if batch_size % devices:
         raise ValueError(f"--batch-size {batch_size} must be a multiple of the {devices} "
                          "devices for data-parallel training (it is the global batch).")
-
-
-def as_feed(batches: Callable[[], Iterator[Any]], image_shape: tuple[int, int, int],
-            num_classes: int, mode: str, with_weights: bool) -> Any:
-    """What `fit` gets: a prefetching generator, or, for TensorFlow data-parallel, a
-    `tf.data` pipeline with a declared signature. (Keras' own generator adapter peeks at the
-    first batch to learn the shapes, and under a tf.distribute strategy that batch is
-    trained on out of order, so one device and two would not see the same sequence.)"""
-    import keras
-
-    from .train import prefetch
-
-    if mode == "none" or keras.backend.backend() != "tensorflow":
-        return prefetch(batches())
-    import tensorflow as tf
-
-    signature: tuple[Any, ...] = (
-        tf.TensorSpec((None, *image_shape), tf.float32),
-        tf.TensorSpec((None, num_classes), tf.float32),
-    )
-    if with_weights:
-        signature += (tf.TensorSpec((None,), tf.float32),)
-    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(4)

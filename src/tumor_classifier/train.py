@@ -7,8 +7,6 @@ import datetime
 import logging
 import math
 import platform
-import queue
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from . import __version__
 from .cache import CachedImages, cache_images
 from .config import TrainConfig, save_json
 from .data import ImageFolder, scan_folder
-from .distribute import as_feed, distribution_scope
+from .distribute import distribution_scope
 from .evaluate import patient_groups, write_evaluation
 from .metrics import (
     apply_temperature,
@@ -67,50 +65,86 @@ def class_weights(spec: str, counts: dict[str, int]) -> dict[int, float] | None:
     return {index: weights[name] for index, name in enumerate(names)}
 
 
-def batches(
-    images: np.ndarray | CachedImages,
-    rows: np.ndarray,
-    labels: np.ndarray,
-    num_classes: int,
-    batch_size: int,
-    weights: dict[int, float] | None = None,
-    seed: int | None = 0,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Endless (images, one-hot labels, class weights) batches of `images[rows]`.
+class Batches:
+    """(images, one-hot labels[, class weights]) batches of `images[rows]`, indexable.
 
-    Reshuffled every pass with `seed`; `seed=None` keeps the order (validation). Endless like
-    `flow_from_directory`, so any `steps_per_epoch` works; class weights become per-sample
-    weights, which is what Keras does with `class_weight`, the same on every backend.
+    A `keras.utils.PyDataset` (built by `as_dataset`): Keras prefetches it in threads on
+    every backend, each epoch is exactly `len()` batches, and peeking at a batch (as Keras
+    does to learn the shapes) consumes nothing. With `seed`, every pass over the data is a
+    new permutation; `steps` longer or shorter than a pass continue across passes, like
+    `flow_from_directory`. With `seed=None` the order is fixed (validation: one exact pass
+    per epoch). Class weights travel as per-sample weights, which is what Keras does with
+    `class_weight`, the same on every backend and on several devices.
     """
-    rng = np.random.default_rng(seed)
-    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
-    sample_weights = (np.ones(len(labels), np.float32) if weights is None else
-                      np.array([weights[int(label)] for label in labels], np.float32))
-    while True:
-        order = np.arange(len(rows)) if seed is None else rng.permutation(len(rows))
-        for start in range(0, len(order), batch_size):
-            chosen = np.sort(order[start : start + batch_size])  # sorted: sequential reads
-            yield images[rows[chosen]], one_hot[chosen], sample_weights[chosen]
+
+    def __init__(self, images: np.ndarray | CachedImages, rows: np.ndarray,
+                 labels: np.ndarray, num_classes: int, batch_size: int,
+                 weights: dict[int, float] | None = None, seed: int | None = 0,
+                 steps: int | None = None) -> None:
+        self.images, self.rows, self.batch_size, self.seed = images, rows, batch_size, seed
+        self.one_hot = np.eye(num_classes, dtype=np.float32)[labels]
+        self.sample_weights = None if weights is None else np.array(
+            [weights[int(label)] for label in labels], np.float32)
+        self.per_pass = math.ceil(len(rows) / batch_size)
+        self.steps = steps or self.per_pass
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _order(self, pass_index: int) -> np.ndarray:
+        if self.seed is None:
+            return np.arange(len(self.rows))
+        return np.random.default_rng([self.seed, pass_index]).permutation(len(self.rows))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        pass_index, position = divmod(self.epoch * self.steps + index, self.per_pass)
+        order = self._order(pass_index if self.seed is not None else 0)
+        chosen = np.sort(order[position * self.batch_size : (position + 1) * self.batch_size])
+        batch = (self.images[self.rows[chosen]], self.one_hot[chosen])
+        if self.sample_weights is not None:
+            return (*batch, self.sample_weights[chosen])
+        return batch
+
+    def on_epoch_end(self) -> None:
+        if self.seed is not None:
+            self.epoch += 1
 
 
-def prefetch(iterator: Iterator[Any], size: int = 4) -> Iterator[Any]:
-    """Run `iterator` in a background thread, `size` items ahead (reads overlap compute)."""
-    items: queue.Queue[Any] = queue.Queue(size)
-    done = object()
+def as_dataset(batches: Batches, distribute: str = "none", workers: int = 2) -> Any:
+    """`batches` as a `keras.utils.PyDataset` read ahead by `workers` threads; for
+    TensorFlow data-parallel training, as a `tf.data` pipeline with a declared signature
+    (under a tf.distribute strategy Keras' adapters feed batches out of order, so one device
+    and several would not see the same sequence)."""
+    import keras
 
-    def fill() -> None:
-        try:
-            for item in iterator:
-                items.put(item)
-        except BaseException as error:  # re-raised in the consumer
-            items.put(error)
-        items.put(done)
+    if distribute != "none" and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
-    threading.Thread(target=fill, daemon=True).start()
-    while (item := items.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+        first = batches[0]
+
+        def one_epoch() -> Iterator[tuple[np.ndarray, ...]]:
+            for index in range(len(batches)):
+                yield batches[index]
+            batches.on_epoch_end()
+
+        signature = tuple(tf.TensorSpec((None, *part.shape[1:]), tf.float32) for part in first)
+        return tf.data.Dataset.from_generator(one_epoch, output_signature=signature).prefetch(4)
+
+    class Dataset(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
+
+        def __len__(self) -> int:
+            return len(batches)
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+            return batches[index]
+
+        def on_epoch_end(self) -> None:
+            batches.on_epoch_end()
+
+    return Dataset()
 
 
 def _load_split(
@@ -180,24 +214,40 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages, train_rows: np.
         keep = len(train_rows) - len(train_rows) % devices
         train_rows, y_train = train_rows[:keep], y_train[:keep]
         val_subset = val_subset[: len(val_subset) - len(val_subset) % devices]
-    image_shape = (config.image_size, config.image_size, config.channels)
     history = model.fit(
-        as_feed(lambda: batches(x_train, train_rows, y_train, num_classes, config.batch_size,
-                                weights, config.seed),
-                image_shape, num_classes, config.distribute, with_weights=True),
+        as_dataset(Batches(x_train, train_rows, y_train, num_classes, config.batch_size,
+                           weights, config.seed, config.steps_per_epoch), config.distribute),
         epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch or math.ceil(len(train_rows) / config.batch_size),
-        validation_data=as_feed(
-            lambda: ((images, labels) for images, labels, _ in batches(
-                x_val, val_rows[val_subset], y_val[val_subset], num_classes,
-                config.batch_size, seed=None)),
-            image_shape, num_classes, config.distribute, with_weights=False),
-        validation_steps=math.ceil(len(val_subset) / config.batch_size),
-        shuffle=False,  # `batches` reshuffles every pass itself
+        validation_data=as_dataset(Batches(x_val, val_rows[val_subset], y_val[val_subset],
+                                           num_classes, config.batch_size, seed=None),
+                                   config.distribute),
         callbacks=callbacks,
         verbose=2,  # one line per epoch
     )
     return history
+
+
+def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
+                         files: list[Path], labels: np.ndarray,
+                         class_names: tuple[str, ...]) -> None:
+    """Stage one of two: train on lesion patches, then start from those weights."""
+    from .patches import load_annotations, pretrain_on_patches, sample_patches
+
+    if config.crop_breast:
+        raise ValueError("--patch-pretrain-epochs works on uncropped images; drop "
+                         "--crop-breast (the lesion coordinates refer to the whole film).")
+    patch_size = max(32, config.image_size // 4)
+    patches, targets = sample_patches(
+        files, labels.tolist(), class_names, load_annotations(data_dir), config.image_size,
+        config.channels, patch_size, seed=config.seed)
+    weights = pretrain_on_patches(config.model, patches, targets, len(class_names),
+                                  config.patch_pretrain_epochs, config.batch_size,
+                                  config.learning_rate)
+    if [tuple(w.shape) for w in weights] != [tuple(w.shape) for w in model.get_weights()]:
+        raise ValueError(f"preset {config.model!r} has weights that depend on the input size "
+                         "(a Flatten head); lesion-patch pretraining needs a global-pooling "
+                         "preset such as mammo_net.")
+    model.set_weights(weights)
 
 
 def train(config: TrainConfig) -> Path:
@@ -269,6 +319,8 @@ def train(config: TrainConfig) -> Path:
             loss="categorical_crossentropy",
             metrics=["accuracy"],
         )
+        if config.patch_pretrain_epochs > 0:
+            _pretrain_on_lesions(model, config, data_dir, train_files, y_train, class_names)
         history = _fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
                        num_classes, weights, run_dir, devices)
     val_losses = history.history["val_loss"]
