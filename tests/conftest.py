@@ -41,12 +41,14 @@ def prepared_mias(mias_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="session")
 def trained_run(prepared_mias: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The seed preset trained for two epochs on the real prepared data."""
+    """The original recipe (seed preset, 128x128, whole film) trained for two epochs on
+    the real prepared data."""
     from tumor_classifier.config import TrainConfig
     from tumor_classifier.train import train
 
     out = tmp_path_factory.mktemp("runs") / "seed"
-    return train(TrainConfig(data_dir=str(prepared_mias), out=str(out), epochs=2, workers=2))
+    return train(TrainConfig(data_dir=str(prepared_mias), out=str(out), epochs=2, workers=2,
+                             image_size=128, crop_breast=False))
 
 
 @pytest.fixture

@@ -368,3 +368,26 @@ def test_crop_breast_on_real_films_is_orientation_invariant(mias_dir: Path) -> N
         np.testing.assert_array_equal(crop_breast(film[:, ::-1].copy()), crop)
     model_input = preprocess(read_image(mias_dir / "mdb028.pgm"), 256, 1, crop=True)
     assert model_input.shape == (256, 256, 1)
+
+
+def test_crop_box_maps_model_coordinates_back_to_the_film(mias_dir: Path) -> None:
+    from tumor_classifier.imaging import find_breast
+
+    for name in ("mdb028.pgm", "mdb001.pgm"):
+        film = read_image(mias_dir / name)
+        box = find_breast(film)
+        assert box is not None
+        model_input = preprocess(film, 256, 1, crop=True)[..., 0]
+        # the brightest model pixel maps back onto (nearly) the same value in the film
+        row, column = np.unravel_index(int(np.argmax(model_input)), model_input.shape)
+        y, x = box.to_film(row + 0.5, column + 0.5, 256)
+        window = film[max(0, int(y) - 4) : int(y) + 5, max(0, int(x) - 4) : int(x) + 5]
+        assert abs(float(window.max()) - float(model_input.max())) < 0.05
+
+
+def test_images_without_background_are_not_cropped() -> None:
+    from tumor_classifier.imaging import crop_breast, find_breast
+
+    texture = np.random.default_rng(0).random((128, 96)).astype(np.float32) * 0.2 + 0.5
+    assert find_breast(texture) is None
+    np.testing.assert_array_equal(crop_breast(texture), texture)

@@ -154,7 +154,7 @@ def lesion_hit_rate(classifier: Any, data_dir: Path, split: str = "test") -> dic
     """
     import csv
 
-    from .imaging import read_image
+    from .imaging import find_breast, read_image
 
     circles: dict[str, list[tuple[float, float, float]]] = {}
     with (Path(data_dir) / "annotations.csv").open(encoding="utf-8") as handle:
@@ -171,8 +171,13 @@ def lesion_hit_rate(classifier: Any, data_dir: Path, split: str = "test") -> dic
                            classifier.config.get("gradcam_layer"))
         row, column = peak_location(heatmap)
         height, width = image.shape[:2]
-        y = (row + 0.5) * height / heatmap.shape[0]
-        x = (column + 0.5) * width / heatmap.shape[1]
+        grey = image if image.ndim == 2 else image[..., :3].mean(axis=2)
+        box = find_breast(grey) if classifier.crop_breast else None
+        if box is not None:  # the model saw the cropped, flipped, padded breast
+            y, x = box.to_film(row + 0.5, column + 0.5, heatmap.shape[0])
+        else:
+            y = (row + 0.5) * height / heatmap.shape[0]
+            x = (column + 0.5) * width / heatmap.shape[1]
         hits.append(any((x - cx) ** 2 + (y - cy) ** 2 <= r**2 for cx, cy, r in marks))
         rows, columns = np.mgrid[0:height:4, 0:width:4]
         inside = np.zeros(rows.shape, bool)

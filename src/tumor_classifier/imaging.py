@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -353,13 +354,35 @@ def _otsu_threshold(values: np.ndarray) -> float:
     return float(centres[int(np.argmax(between))])
 
 
-def crop_breast(image: np.ndarray) -> np.ndarray:
-    """The breast region, chest wall on the left, padded to a square.
+@dataclass(frozen=True)
+class CropBox:
+    """Where `crop_breast` cut: rows top:bottom, columns left:right of the film, mirrored
+    left-right when `flipped`, then padded to a `side` x `side` square (the crop's rows
+    start at `offset`, its columns at 0)."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    flipped: bool
+    side: int
+    offset: int
+
+    def to_film(self, row: float, column: float, image_size: int) -> tuple[float, float]:
+        """Film coordinates of a point (row, column) of the model input."""
+        row, column = row * self.side / image_size, column * self.side / image_size
+        row -= self.offset
+        if self.flipped:
+            column = (self.right - self.left) - 1 - column
+        return self.top + row, self.left + column
+
+
+def find_breast(image: np.ndarray) -> CropBox | None:
+    """The crop `crop_breast` makes, or None when the image is left whole.
 
     The largest bright connected region (Otsu threshold on a 256-pixel thumbnail) is the
-    breast; labels and film edges are smaller and fall away. The crop is flipped so that
-    the side with more tissue (the chest wall) is on the left, then padded with zeros on
-    the right and evenly above and below, so resizing keeps the aspect ratio.
+    breast; labels and film edges are smaller and fall away. An image without a dark
+    background around that region (already cropped, or not a mammogram) is left whole.
     """
     from scipy import ndimage
 
@@ -371,20 +394,37 @@ def crop_breast(image: np.ndarray) -> np.ndarray:
     mask = thumbnail > _otsu_threshold(thumbnail)
     regions, count = ndimage.label(mask)
     if count == 0:
-        return image
+        return None
     sizes = ndimage.sum(mask, regions, index=range(1, count + 1))
     breast = regions == int(np.argmax(sizes)) + 1
+    outside = thumbnail[~breast]
+    if breast.mean() > 0.9 or np.median(outside) > 0.5 * np.median(thumbnail[breast]):
+        return None  # no dark background around the region: nothing to crop away
     rows, columns = np.flatnonzero(breast.any(axis=1)), np.flatnonzero(breast.any(axis=0))
-    top, bottom = int(rows[0] / scale), int(np.ceil((rows[-1] + 1) / scale))
-    left, right = int(columns[0] / scale), int(np.ceil((columns[-1] + 1) / scale))
-    crop = image[top:min(bottom, height), left:min(right, width)]
+    top, bottom = int(rows[0] / scale), min(int(np.ceil((rows[-1] + 1) / scale)), height)
+    left, right = int(columns[0] / scale), min(int(np.ceil((columns[-1] + 1) / scale)), width)
     middle = breast.shape[1] // 2
-    if breast[:, middle:].sum() > breast[:, :middle].sum():
+    # Flip only when one side clearly holds more tissue (the chest wall); a symmetric
+    # region keeps its orientation.
+    flipped = float(breast[:, middle:].sum()) > 1.1 * float(breast[:, :middle].sum())
+    side = max(bottom - top, right - left)
+    return CropBox(top, bottom, left, right, flipped, side, (side - (bottom - top)) // 2)
+
+
+def crop_breast(image: np.ndarray) -> np.ndarray:
+    """The breast region, chest wall on the left, padded to a square (`find_breast`).
+
+    Padding is zeros on the right and evenly above and below, so resizing keeps the aspect
+    ratio. Images that `find_breast` leaves whole are returned as they are.
+    """
+    box = find_breast(image)
+    if box is None:
+        return image
+    crop = image[box.top : box.bottom, box.left : box.right]
+    if box.flipped:
         crop = crop[:, ::-1]
-    side = max(crop.shape)
-    square = np.zeros((side, side), np.float32)
-    offset = (side - crop.shape[0]) // 2
-    square[offset:offset + crop.shape[0], : crop.shape[1]] = crop
+    square = np.zeros((box.side, box.side), np.float32)
+    square[box.offset : box.offset + crop.shape[0], : crop.shape[1]] = crop
     return square
 
 
