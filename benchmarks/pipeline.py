@@ -131,6 +131,7 @@ def latency(data: Path, workdir: Path) -> None:
     from tumor_classifier.train import train
 
     run = train(TrainConfig(data_dir=str(data), out=str(workdir / "run"), epochs=1,
+                            image_size=128, crop_breast=False,
                             cache_dir=str(workdir / "cache")))
     classifier = Classifier.load(run)
     film = next((data / "test" / "CAN").glob("*.png"))
@@ -174,6 +175,9 @@ def main() -> None:
 
             args.data = workdir / "mini-mias"
             prepare_mini_mias(Path(__file__).parents[2] / "shared/data/mini-mias", args.data)
+        # Latency first: tf.data threads left by the epoch benchmarks below would share
+        # the CPU with it.
+        latency(args.data, workdir)
         train_dir = args.data / "train"
         count = len(scan_folder(train_dir).files)
         report("mini-MIAS train split, 128x128, seed preset", count, {
@@ -208,7 +212,6 @@ def main() -> None:
             "(b) project: cache + prefetch": project(full, 256, epochs, workdir / "cache"),
             "(c) in-memory arrays": in_memory(full, 256, epochs),
         })
-        latency(args.data, workdir)
 
 
 if __name__ == "__main__":
