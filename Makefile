@@ -8,7 +8,7 @@ MODEL ?= seed
 RUN ?= runs/$(MODEL)-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint bench notebook app clean
+.PHONY: install browser demo test test-fast lint bench notebook clean
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,13 @@ demo: install
 	$(BIN)/tumor-classifier evaluate $(RUN) $(DATA)/test
 	@echo "model: $(RUN)   test report: $(RUN)/evaluation/test/report.txt"
 
-test: install
+# The browser test drives Debian's chromium (a browser download is impossible offline);
+# installed here when missing and apt-get is available (as root, as in CI).
+browser:
+	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
