@@ -106,9 +106,12 @@ class Batches:
             return (*batch, self.sample_weights[chosen])
         return batch
 
-    def on_epoch_end(self) -> None:
+    def set_epoch(self, epoch: int) -> None:
+        """Which pass the next epoch reads; set by Keras at the start of every epoch (a
+        counter driven by the feed would advance whenever Keras or tf.distribute opened an
+        extra iterator, and one device and several would then shuffle differently)."""
         if self.seed is not None:
-            self.epoch += 1
+            self.epoch = epoch
 
 
 def as_dataset(batches: Batches, workers: int = 2) -> Any:
@@ -127,10 +130,12 @@ def as_dataset(batches: Batches, workers: int = 2) -> Any:
         def one_epoch() -> Iterator[tuple[np.ndarray, ...]]:
             for index in range(len(batches)):
                 yield batches[index]
-            batches.on_epoch_end()
 
         signature = tuple(tf.TensorSpec((None, *part.shape[1:]), tf.float32) for part in first)
-        return tf.data.Dataset.from_generator(one_epoch, output_signature=signature).prefetch(4)
+        dataset = tf.data.Dataset.from_generator(one_epoch, output_signature=signature)
+        # A declared length: Keras then runs exactly len(batches) steps per epoch, also
+        # under a tf.distribute strategy.
+        return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(4)
 
     class Dataset(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -141,9 +146,6 @@ def as_dataset(batches: Batches, workers: int = 2) -> Any:
 
         def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
             return batches[index]
-
-        def on_epoch_end(self) -> None:
-            batches.on_epoch_end()
 
     return Dataset()
 
@@ -217,6 +219,8 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages, train_rows: np.
         val_subset = val_subset[: len(val_subset) - len(val_subset) % devices]
     train_batches = Batches(x_train, train_rows, y_train, num_classes, config.batch_size,
                             weights, config.seed, config.steps_per_epoch)
+    callbacks.append(keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs=None: train_batches.set_epoch(epoch)))
     history = model.fit(
         as_dataset(train_batches),
         epochs=config.epochs,
