@@ -104,16 +104,13 @@ def show_result(classifier: Classifier, name: str, data: bytes, opacity: float) 
     except ImageReadError as error:
         st.error(str(error))
         return
-    result = classifier.predict([io.BytesIO(data)], names=[name])[0]
-    if result.error:  # unreachable after a successful read, kept as a guard
-        st.error(result.error)
-        return
+    model_input = classifier.preprocess(image)
+    result = classifier.predict_input(model_input, name, metadata)
     assert result.prediction is not None
     decision = CLASS_DESCRIPTIONS.get(result.prediction, result.prediction)
     st.subheader(f"{name}: {decision}")
     left, right = st.columns([3, 2])
     display = _display_image(image)
-    model_input = classifier.preprocess(image)
     class_index = classifier.class_names.index(result.prediction)
     heatmap = grad_cam(classifier.model, model_input, class_index,
                        classifier.config.get("gradcam_layer"))

@@ -24,7 +24,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 from .config import TrainConfig, save_json
 from .data import scan_folder
 from .evaluate import write_evaluation
-from .predict import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +141,7 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
 
     per_fold: list[dict[str, Any]] = []
     pooled_probabilities = np.zeros((len(samples), len(class_names)), np.float32)
+    predicted = np.zeros(len(samples), bool)
     for fold, split in enumerate(parts):
         fold_dir = out / f"fold{fold + 1}"
         rows = []
@@ -178,15 +178,19 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
                            cache_dir=Path(config.cache_dir) if config.cache_dir else None)
         metrics["train_seconds"] = seconds
         per_fold.append(metrics)
-        test_files = [fold_dir / "data" / "test" / samples[i].label
-                      / f"{samples[i].patient}__{samples[i].path.name}" for i in split[2]]
-        classifier = Classifier.load(run_dir)
-        if classifier.class_names != class_names:
-            raise ValueError(f"fold {fold + 1} lacks a class: {classifier.class_names}")
-        from .imaging import read_image
-
-        pooled_probabilities[split[2]] = classifier.predict_batch(np.stack([
-            classifier.preprocess(read_image(path)) for path in test_files]))
+        if tuple(metrics["class_names"]) != class_names:
+            raise ValueError(f"fold {fold + 1} lacks a class: {metrics['class_names']}")
+        # Pool the fold's own test predictions (paired by file), rather than decoding and
+        # predicting the test films a second time.
+        with (Path(metrics["report_dir"]) / "predictions.csv").open(encoding="utf-8") as f:
+            by_file = {row["file"]: [float(row[f"prob_{name}"]) for name in class_names]
+                       for row in csv.DictReader(f)}
+        for index in split[2]:
+            test_file = str(fold_dir / "data" / "test" / samples[index].label
+                            / f"{samples[index].patient}__{samples[index].path.name}")
+            if test_file in by_file:  # unreadable files were left out by evaluate
+                pooled_probabilities[index] = by_file[test_file]
+                predicted[index] = True
         logger.info("fold %d/%d: accuracy %.3f, macro AUC %s, %.0f s", fold + 1, folds,
                     metrics["accuracy"], metrics["macro_auc_ovr"], seconds)
 
@@ -199,10 +203,12 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
             "mean": float(np.mean(finite)) if finite else None,
             "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else None,
         }
-    label_index = np.array([class_names.index(label) for label in labels])
+    label_index = np.array([class_names.index(label) for label in labels])[predicted]
+    kept = [sample for sample, done in zip(samples, predicted, strict=True) if done]
     pooled = write_evaluation(
-        out / "pooled", [str(sample.path) for sample in samples], label_index,
-        pooled_probabilities, class_names, groups=[sample.patient for sample in samples])
+        out / "pooled", [str(sample.path) for sample in kept], label_index,
+        pooled_probabilities[predicted], class_names,
+        groups=[sample.patient for sample in kept])
     summary = {
         "folds": folds,
         "config": {key: value for key, value in config.to_dict().items()

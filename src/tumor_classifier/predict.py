@@ -104,6 +104,25 @@ class Classifier:
         """`imaging.preprocess` with this model's recorded parameters."""
         return preprocess(image, self.image_size, self.channels, self.crop_breast)
 
+    def _prediction(self, label: str, row: np.ndarray,
+                    metadata: dict[str, Any]) -> Prediction:
+        return Prediction(
+            file=label,
+            probabilities={
+                name: float(value) for name, value in zip(self.class_names, row, strict=True)
+            },
+            prediction=self.class_names[int(np.argmax(row))],
+            metadata=metadata,
+        )
+
+    def predict_input(self, model_input: np.ndarray, label: str,
+                      metadata: dict[str, Any] | None = None) -> Prediction:
+        """Classify one image already read and preprocessed (`self.preprocess`): for callers
+        that also need the pixels (the app and the service show Grad-CAM), so nothing is
+        decoded twice. The same computation as `predict`."""
+        row = self.predict_batch(model_input[np.newaxis])[0]
+        return self._prediction(label, row, metadata or {})
+
     def predict(self, sources: Sequence[Source], names: Sequence[str] | None = None,
                 batch_size: int = 32) -> list[Prediction]:
         """Classify files (paths or open binary files), in order.
@@ -116,15 +135,7 @@ class Classifier:
         def flush() -> None:
             probabilities = self.predict_batch(np.stack([item[2] for item in pending]))
             for (index, label, _, metadata), row in zip(pending, probabilities, strict=True):
-                results[index] = Prediction(
-                    file=label,
-                    probabilities={
-                        name: float(value)
-                        for name, value in zip(self.class_names, row, strict=True)
-                    },
-                    prediction=self.class_names[int(np.argmax(row))],
-                    metadata=metadata,
-                )
+                results[index] = self._prediction(label, row, metadata)
             pending.clear()
 
         for index, source in enumerate(sources):

@@ -125,13 +125,13 @@ def create_app(run_dir: Path | str) -> FastAPI:
             raise HTTPException(400, str(error)) from None
         model_input = classifier.preprocess(image)
         with lock:
-            probabilities = classifier.predict_batch(model_input[None])[0]
+            result = classifier.predict_input(model_input, name, metadata)
         names = classifier.class_names
-        prediction = names[int(probabilities.argmax())]
+        prediction = str(result.prediction)
         response = PredictionResponse(
             file=name, prediction=prediction,
             decision=CLASS_DESCRIPTIONS.get(prediction, prediction),
-            probabilities={n: float(p) for n, p in zip(names, probabilities, strict=True)},
+            probabilities=result.probabilities,
             model=model_info,
             dicom=DicomInfo(**{key: metadata.get(key) for key in DicomInfo.model_fields})
             if metadata.get("format") == "DICOM" else None,
