@@ -383,6 +383,9 @@ def test_crop_box_maps_model_coordinates_back_to_the_film(mias_dir: Path) -> Non
         y, x = box.to_film(row + 0.5, column + 0.5, 256)
         window = film[max(0, int(y) - 4) : int(y) + 5, max(0, int(x) - 4) : int(x) + 5]
         assert abs(float(window.max()) - float(model_input.max())) < 0.05
+        # from_film is its inverse
+        np.testing.assert_allclose(box.from_film(y, x, 256), (row + 0.5, column + 0.5),
+                                   atol=1e-6)
 
 
 def test_images_without_background_are_not_cropped() -> None:

@@ -69,3 +69,45 @@ def test_pretrained_weights_from_a_file_and_a_clear_error_offline(
         build_model("efficientnet_b0", (64, 64, 1), 3, weights="missing.h5")
     with pytest.raises(ValueError, match=r"--weights applies to efficientnet_b0, not 'seed'"):
         build_model("seed", (64, 64, 1), 3, weights=str(path))
+
+
+def test_most_suspicious_window_follows_the_most_abnormal_window() -> None:
+    from tumor_classifier.models import MostSuspiciousWindow
+
+    layer = MostSuspiciousWindow(normal_index=2)
+    logits = np.zeros((1, 2, 2, 3), np.float32)
+    logits[..., 2] = 8.0  # three windows confidently normal
+    logits[0, 1, 0] = [0.0, 9.0, 0.0]  # one window confidently malignant
+    probs = np.asarray(layer(logits))[0]
+    # weights are softmax over windows of log((p_BEN + p_CAN) / p_NOR): here ~1 vs ~e^-8
+    window = np.exp([0.0, 9.0, 0.0]) / np.exp([0.0, 9.0, 0.0]).sum()
+    assert probs.argmax() == 1 and abs(probs[1] - window[1]) < 1e-3
+    # one window (a lesion patch) is the window's own softmax
+    single = np.array([[[[1.0, 2.0, 0.5]]]], np.float32)
+    np.testing.assert_allclose(np.asarray(layer(single))[0],
+                               np.exp(single[0, 0, 0]) / np.exp(single[0, 0, 0]).sum(),
+                               rtol=1e-5)
+    assert MostSuspiciousWindow.from_config(layer.get_config()).normal_index == 2
+
+
+def test_mammo_mil_is_its_patch_classifier_slid_over_the_image() -> None:
+    import keras
+
+    from tumor_classifier.models import MIL_WINDOW
+
+    patch = build_model("mammo_mil", (MIL_WINDOW, MIL_WINDOW, 1), 3)
+    whole = build_model("mammo_mil", (4 * MIL_WINDOW, 4 * MIL_WINDOW, 1), 3)
+    whole.set_weights(patch.get_weights())  # same weights at any input size
+    window_map = keras.Model(whole.inputs, whole.get_layer("window_logits").output)
+    image = np.random.default_rng(1).random((1, 4 * MIL_WINDOW, 4 * MIL_WINDOW, 1), np.float32)
+    logits = np.asarray(window_map(image, training=False))  # augmentation off
+    assert logits.shape == (1, 7, 7, 3)  # 64-pixel windows every 32 pixels
+    # the image probabilities are the windows' probabilities weighted by abnormality
+    flat = logits.reshape(-1, 3)
+    probs = np.exp(flat) / np.exp(flat).sum(axis=1, keepdims=True)
+    score = np.logaddexp(flat[:, 0], flat[:, 1]) - flat[:, 2]
+    weights = np.exp(score - score.max()) / np.exp(score - score.max()).sum()
+    np.testing.assert_allclose(np.asarray(whole(image, training=False))[0], weights @ probs,
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match="at least 64 pixels"):
+        build_model("mammo_mil", (32, 32, 1), 3)

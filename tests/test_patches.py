@@ -13,17 +13,20 @@ from tumor_classifier.patches import load_annotations, pretrain_on_patches, samp
 from tumor_classifier.train import train
 
 
-def test_patches_from_real_lesions_and_normal_tissue(prepared_mias: Path) -> None:
+@pytest.mark.parametrize("crop", [False, True])
+def test_patches_from_real_lesions_and_normal_tissue(prepared_mias: Path, crop: bool) -> None:
     folder = scan_folder(prepared_mias / "train")
     annotations = load_annotations(prepared_mias)
     patches, targets = sample_patches(folder.files, folder.labels, folder.class_names,
                                       annotations, image_size=128, channels=1,
-                                      patch_size=32, per_lesion=2, per_normal_image=1)
+                                      patch_size=32, per_lesion=2, per_normal_image=1,
+                                      crop=crop)
     counts = Counter(folder.class_names[t] for t in targets)
     assert set(counts) == {"BEN", "CAN", "NOR"}
     assert counts["NOR"] == folder.counts()["NOR"]  # one patch per normal film
     assert patches.shape == (len(targets), 32, 32, 1) and patches.dtype == np.float32
-    # lesion patches are centred near the marked circles: brighter than the film average
+    # lesion patches are centred near the marked circles (mapped into the crop when
+    # cropping): brighter than the film average (a wrong mapping lands on background)
     lesion = patches[targets != folder.class_names.index("NOR")]
     assert float(lesion[:, 12:20, 12:20].mean()) > 0.3
     weights = pretrain_on_patches("mammo_net", patches[:24], targets[:24], 3, epochs=1,
@@ -37,11 +40,60 @@ def test_patch_pretraining_refuses_what_it_cannot_do(prepared_mias: Path,
                                                      tmp_path: Path) -> None:
     base = TrainConfig(data_dir=str(prepared_mias), out=str(tmp_path / "run"), epochs=1,
                        image_size=64, patch_pretrain_epochs=1, workers=1)
-    with pytest.raises(ValueError, match="works on uncropped images; drop --crop-breast"):
-        train(base)
     with pytest.raises(ValueError, match=r"preset 'seed' has weights that depend on the "
                        r"input size"):
-        train(TrainConfig(**{**base.to_dict(), "crop_breast": False,
-                             "out": str(tmp_path / "run2")}))
+        train(base)
     with pytest.raises(FileNotFoundError, match="annotations.csv: not found"):
         load_annotations(tmp_path)
+
+
+def test_hard_negatives_are_the_windows_the_model_finds_most_suspicious(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from tumor_classifier.models import MIL_WINDOW
+    from tumor_classifier.patches import most_suspicious_windows
+
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 128, 128, 1)).astype(np.float32)
+    model = build_model("mammo_mil", (128, 128, 1), 3)
+    mined = most_suspicious_windows(model, images, per_image=2)
+    assert mined.shape == (6, MIL_WINDOW, MIL_WINDOW, 1)
+    # each is a window of its own image, on the model's 32-pixel grid of windows
+    for index, patch in enumerate(mined):
+        image = images[index // 2]
+        assert any(np.array_equal(patch, image[row : row + 64, column : column + 64])
+                   for row in range(0, 65, 32) for column in range(0, 65, 32))
+    # pretraining with normal films mines in three rounds: 2 patches per film per round
+    patches = rng.random((6, 64, 64, 1)).astype(np.float32)
+    targets = np.array([0, 1, 2, 0, 1, 2])
+    with caplog.at_level("INFO", logger="tumor_classifier.patches"):
+        pretrain_on_patches("mammo_mil", patches, targets, 3, epochs=3, batch_size=4,
+                            learning_rate=1e-3, normal_index=2, normal_images=images,
+                            hard_negatives=2)
+    assert "on 6 patches ([2, 2, 2]" in caplog.text
+    assert "on 12 patches ([2, 2, 8]" in caplog.text
+    assert "on 18 patches ([2, 2, 14]" in caplog.text
+
+
+@pytest.mark.slow
+def test_two_stage_training_on_real_lesions_and_without_annotations(
+        prepared_mias: Path, small_dataset: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import keras
+
+    options = dict(model="mammo_mil", image_size=128, epochs=1, patch_pretrain_epochs=3,
+                   workers=1)
+    with caplog.at_level("INFO"):
+        run = train(TrainConfig(data_dir=str(prepared_mias), out=str(tmp_path / "run"),
+                                **options))
+    rounds = [line for line in caplog.messages if "lesion-patch pretraining on" in line]
+    assert len(rounds) == 3  # patches, then twice more with mined hard negatives
+    normal_counts = [int(line.split("[")[1].split("]")[0].split(", ")[2]) for line in rounds]
+    assert normal_counts[0] < normal_counts[1] < normal_counts[2]
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    assert model.predict(np.zeros((1, 128, 128, 1), np.float32), verbose=0).shape == (1, 3)
+    # a class-folder dataset without lesion circles trains on whole films, with one warning
+    caplog.clear()
+    train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "run2"), **options))
+    assert any("no annotations.csv" in line and "whole images only" in line
+               for line in caplog.messages)
+    assert not any("lesion-patch pretraining on" in line for line in caplog.messages)

@@ -55,8 +55,9 @@ class TrainConfig:
     skip_unreadable: bool = False
     # Processes that decode images; 0 = one per CPU core.
     workers: int = 0
-    # Epochs of lesion-patch pretraining before whole-image training (patches.py; needs
-    # annotations.csv and a preset with a global-pooling head); 0 = off.
+    # Epochs of lesion-patch pretraining before whole-image training (patches.py): needs
+    # DATA_DIR/annotations.csv (without it, a warning and whole images only) and a preset
+    # with a global-pooling head; mammo_mil adds hard-negative mining. 0 = off.
     patch_pretrain_epochs: int = 0
     # "none" or "data-parallel": the global batch split over all devices (distribute.py).
     distribute: str = "none"

@@ -28,9 +28,11 @@ def find_target_layer(model: Any, name: str | None = None) -> Any:
             ) from None
     for layer in reversed(model.layers):
         # Pooling only subsamples the last convolution: explain the convolution itself,
-        # at its higher resolution.
+        # at its higher resolution. A Dense layer on a 4-D map (mammo_mil's per-window
+        # classifier) and Dropout are the head, not features.
         shape = layer._inbound_nodes[-1].output_tensors[0].shape
-        if "Pooling" not in type(layer).__name__ and len(shape) == 4:
+        kind = type(layer).__name__
+        if "Pooling" not in kind and kind not in ("Dense", "Dropout") and len(shape) == 4:
             return layer
     raise ValueError("The model has no layer with a 4-D (image-like) output for Grad-CAM.")
 

@@ -376,6 +376,14 @@ class CropBox:
             column = (self.right - self.left) - 1 - column
         return self.top + row, self.left + column
 
+    def from_film(self, row: float, column: float, image_size: int) -> tuple[float, float]:
+        """Model-input coordinates of a film point (row, column); the inverse of `to_film`."""
+        row, column = row - self.top, column - self.left
+        if self.flipped:
+            column = (self.right - self.left) - 1 - column
+        row += self.offset
+        return row * image_size / self.side, column * image_size / self.side
+
 
 def find_breast(image: np.ndarray) -> CropBox | None:
     """The crop `crop_breast` makes, or None when the image is left whole.

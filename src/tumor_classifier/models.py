@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 # Keras' default 0.99 needs many hundreds of steps before the inference-time statistics
 # settle; a small medical dataset gives tens of steps per epoch, and the validation loss
@@ -79,16 +79,11 @@ def _resnet_small(input_shape: tuple[int, int, int], num_classes: int) -> keras.
     return keras.Model(inputs, outputs, name="resnet_small")
 
 
-def _mammo_net(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """A residual depthwise-separable CNN for one-channel mammograms at 256-512 pixels.
-
-    Meant for breast-cropped images in one orientation (`--crop-breast`), so augmentation
-    flips only vertically (a horizontal flip would undo the orientation), with small
-    rotations, zoom, translation and contrast changes, all active only in `fit`. A finding
-    is small and local, so the head concatenates global max pooling (is there a suspicious
-    spot anywhere?) with global average pooling (what is the tissue like overall?).
-    """
-    inputs = keras.Input(shape=input_shape)
+def _mammo_features(inputs: keras.KerasTensor, stages: tuple[int, ...]) -> keras.KerasTensor:
+    """Augmentation for breast-cropped films in one orientation (only vertical flips, a
+    horizontal one would undo the orientation; small rotation, zoom, translation and
+    contrast; all active only in `fit`), a stride-2 stem, then two residual blocks per
+    stage, each stage halving the resolution."""
     x = layers.RandomFlip("vertical")(inputs)
     x = layers.RandomRotation(0.03, fill_mode="constant")(x)
     x = layers.RandomZoom(0.1, fill_mode="constant")(x)
@@ -97,13 +92,87 @@ def _mammo_net(input_shape: tuple[int, int, int], num_classes: int) -> keras.Mod
     x = layers.Conv2D(24, 5, strides=2, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     x = layers.Activation("relu")(x)
-    for filters in (32, 64, 96, 128, 192):
+    for filters in stages:
         x = _residual_block(x, filters, stride=2)
         x = _residual_block(x, filters, stride=1)
+    return x
+
+
+def _mammo_net(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """A residual depthwise-separable CNN for one-channel mammograms at 256-512 pixels.
+
+    Meant for breast-cropped images in one orientation (`--crop-breast`; augmentation in
+    `_mammo_features`). A finding is small and local, so the head concatenates global max pooling (is there a suspicious
+    spot anywhere?) with global average pooling (what is the tissue like overall?).
+    """
+    inputs = keras.Input(shape=input_shape)
+    x = _mammo_features(inputs, (32, 64, 96, 128, 192))
     x = layers.Concatenate()([layers.GlobalMaxPooling2D()(x), layers.GlobalAveragePooling2D()(x)])
     x = layers.Dropout(0.4)(x)
     outputs = layers.Dense(num_classes, activation="softmax")(x)
     return keras.Model(inputs, outputs, name="mammo_net")
+
+
+# mammo_mil's window: 64 input pixels (two cells of its stride-32 feature map). Lesion-patch
+# pretraining uses patches of this size, so the patch classifier is exactly the classifier
+# that mammo_mil slides over the whole image.
+MIL_WINDOW = 64
+
+
+@keras.saving.register_keras_serializable(package="tumor_classifier")
+class MostSuspiciousWindow(layers.Layer):
+    """Image probabilities from per-window class logits (batch, rows, columns, classes).
+
+    Each window's probabilities are weighted by softmax over windows of its abnormality
+    log-odds, log(sum of non-normal class probabilities / normal probability): nearly the
+    probabilities of the most suspicious window, yet differentiable through every window.
+    A film is as abnormal as its worst spot (multiple-instance learning). With a single
+    window (a lesion patch) it is the window's own softmax.
+    """
+
+    def __init__(self, normal_index: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.normal_index = normal_index
+
+    def call(self, logits: keras.KerasTensor) -> keras.KerasTensor:
+        classes = logits.shape[-1]
+        flat = ops.reshape(logits, (ops.shape(logits)[0], -1, classes))
+        normal = flat[..., self.normal_index]
+        others = ops.concatenate([flat[..., : self.normal_index],
+                                  flat[..., self.normal_index + 1 :]], axis=-1)
+        weights = ops.softmax(ops.logsumexp(others, axis=-1) - normal, axis=1)
+        return ops.sum(ops.softmax(flat, axis=-1) * weights[..., None], axis=1)
+
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "normal_index": self.normal_index}
+
+
+def _mammo_mil(input_shape: tuple[int, int, int], num_classes: int,
+               normal_index: int | None = None) -> keras.Model:
+    """A lesion-patch classifier slid over the whole mammogram (Shen et al., 2019 design).
+
+    The backbone is mammo_net's (residual depthwise-separable, one channel) at stride 32;
+    the head classifies every 64-pixel window (average of 2x2 feature cells, then a dense
+    layer) and `MostSuspiciousWindow` turns the window map into image probabilities. Built
+    at 64x64 it is a plain patch classifier with the same weights, which is what
+    `--patch-pretrain-epochs` trains first on the lesions of `annotations.csv`.
+    `normal_index` is the position of the normal class (default: the last, NOR of
+    BEN/CAN/NOR).
+    """
+    if input_shape[0] < MIL_WINDOW or input_shape[1] < MIL_WINDOW:
+        raise ValueError(f"mammo_mil needs inputs of at least {MIL_WINDOW} pixels.")
+    normal_index = num_classes - 1 if normal_index is None else normal_index
+    inputs = keras.Input(shape=input_shape)
+    x = _mammo_features(inputs, (32, 64, 128, 192))
+    cells = MIL_WINDOW // 32
+    x = layers.AveragePooling2D(pool_size=cells, strides=1, padding="valid")(x)
+    x = layers.Dropout(0.3)(x)
+    logits = layers.Dense(num_classes, name="window_logits")(x)
+    outputs = MostSuspiciousWindow(normal_index, name="most_suspicious_window")(logits)
+    return keras.Model(inputs, outputs, name="mammo_mil")
 
 
 def _efficientnet_b0(input_shape: tuple[int, int, int], num_classes: int,
@@ -148,6 +217,7 @@ PRESETS: dict[str, Callable[..., keras.Model]] = {
     "seed": _seed,
     "resnet_small": _resnet_small,
     "mammo_net": _mammo_net,
+    "mammo_mil": _mammo_mil,
     "efficientnet_b0": _efficientnet_b0,
 }
 # Presets that take pretrained weights (`--weights`).
@@ -155,7 +225,7 @@ PRETRAINED = {"efficientnet_b0"}
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
-                weights: str | None = None) -> keras.Model:
+                weights: str | None = None, normal_index: int | None = None) -> keras.Model:
     """Build a model preset.
 
     Args:
@@ -163,6 +233,7 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
         input_shape: (height, width, channels).
         num_classes: number of output probabilities.
         weights: for pretrained presets: "imagenet", a weights file, or None (random).
+        normal_index: mammo_mil only: the position of the normal class (default: last).
     """
     if name not in PRESETS:
         raise ValueError(f"Unknown model preset {name!r}; choose one of {', '.join(PRESETS)}.")
@@ -170,4 +241,6 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
         return PRESETS[name](tuple(input_shape), num_classes, weights)
     if weights is not None:
         raise ValueError(f"--weights applies to {', '.join(sorted(PRETRAINED))}, not {name!r}.")
+    if name == "mammo_mil":
+        return _mammo_mil(input_shape, num_classes, normal_index)
     return PRESETS[name](tuple(input_shape), num_classes)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .imaging import ImageReadError, preprocess, read_image
+from .imaging import ImageReadError, find_breast, preprocess, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +55,12 @@ def sample_patches(
     per_lesion: int = 8,
     per_normal_image: int = 4,
     seed: int = 0,
+    crop: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Patches at the whole-image model's resolution: `per_lesion` jittered windows around
     each marked lesion (labelled with the film's class) and `per_normal_image` windows of
-    breast tissue from each film of class NOR."""
+    breast tissue from each film of class NOR. With `crop`, the films are preprocessed as
+    `crop_breast` does and the lesion circles are mapped into the crop."""
     if "NOR" not in class_names:
         raise ValueError("lesion-patch pretraining needs a NOR class for background patches.")
     normal = list(class_names).index("NOR")
@@ -74,8 +76,10 @@ def sample_patches(
             logger.warning("patches: %s", error)
             continue
         height, width = image.shape[:2]
-        model_input = preprocess(image, image_size, channels)
-        scale_y, scale_x = image_size / height, image_size / width
+        model_input = preprocess(image, image_size, channels, crop)
+        grey = image if image.ndim == 2 else image[:, :, :3] @ np.array([0.299, 0.587, 0.114])
+        box = find_breast(grey.astype(np.float32)) if crop else None
+
         if label == normal:
             tissue = np.argwhere(model_input[..., 0] > 0.15)  # breast, not background
             if len(tissue) == 0:
@@ -87,8 +91,11 @@ def sample_patches(
         for x, y, radius in circles:
             for _ in range(per_lesion):
                 jitter = rng.uniform(-0.5, 0.5, 2) * radius
-                row = int(np.clip((y + jitter[0]) * scale_y, 0, image_size - 1))
-                column = int(np.clip((x + jitter[1]) * scale_x, 0, image_size - 1))
+                film_y, film_x = y + jitter[0], x + jitter[1]
+                row_f, column_f = (box.from_film(film_y, film_x, image_size) if box else
+                                   (film_y * image_size / height, film_x * image_size / width))
+                row = int(np.clip(row_f, 0, image_size - 1))
+                column = int(np.clip(column_f, 0, image_size - 1))
                 patches.append(_window(model_input, row, column, patch_size))
                 targets.append(int(label))
     if not patches:
@@ -96,23 +103,70 @@ def sample_patches(
     return np.stack(patches).astype(np.float32), np.asarray(targets, np.int64)
 
 
+def most_suspicious_windows(model: Any, images: np.ndarray, per_image: int) -> np.ndarray:
+    """The `per_image` windows of each image that a mammo_mil model finds most abnormal
+    (highest abnormality log-odds in its `window_logits` map), as patches."""
+    import keras
+
+    from .models import MIL_WINDOW
+
+    logits_layer = model.get_layer("window_logits")
+    window_map = keras.Model(model.inputs, logits_layer.output)
+    normal = model.get_layer("most_suspicious_window").normal_index
+    stride = MIL_WINDOW // 2  # mammo_mil's feature stride: windows overlap by half
+    patches = []
+    for start in range(0, len(images), 16):
+        logits = np.asarray(window_map.predict_on_batch(images[start : start + 16]))
+        others = np.delete(logits, normal, axis=-1)
+        score = np.logaddexp.reduce(others, axis=-1) - logits[..., normal]
+        for image, image_score in zip(images[start : start + 16], score, strict=True):
+            for index in np.argsort(image_score, axis=None)[::-1][:per_image]:
+                row, column = np.unravel_index(index, image_score.shape)
+                patches.append(image[stride * row : stride * row + MIL_WINDOW,
+                                     stride * column : stride * column + MIL_WINDOW])
+    return np.stack(patches)
+
+
 def pretrain_on_patches(model_name: str, patches: np.ndarray, targets: np.ndarray,
                         num_classes: int, epochs: int, batch_size: int,
-                        learning_rate: float) -> list[Any]:
-    """Train the preset on patches (balanced class weights); returns its weights."""
+                        learning_rate: float, normal_index: int | None = None,
+                        normal_images: np.ndarray | None = None,
+                        hard_negatives: int = 4) -> list[Any]:
+    """Train the preset on patches (balanced class weights); returns its weights.
+
+    With `normal_images` (whole model inputs of normal films; mammo_mil only), training
+    runs in three rounds and after each of the first two the `hard_negatives` windows of
+    every normal film that the model, slid over the film, finds most suspicious join the
+    normal patches: random normal tissue is easy, and a film-level classifier that takes
+    its most suspicious window must not fire on dense tissue, the pectoral muscle or the
+    skin line (hard-negative mining, as in Shen et al., 2019).
+    """
     import keras
 
     from .models import build_model
 
-    patch_model = build_model(model_name, patches.shape[1:], num_classes)
+    patch_model = build_model(model_name, patches.shape[1:], num_classes,
+                              normal_index=normal_index)
     patch_model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                         loss="categorical_crossentropy", metrics=["accuracy"])
-    counts = np.bincount(targets, minlength=num_classes)
-    weights = {index: len(targets) / (num_classes * count)
-               for index, count in enumerate(counts) if count}
-    logger.info("lesion-patch pretraining on %d patches (%s per class)", len(targets),
-                counts.tolist())
-    patch_model.fit(patches, np.eye(num_classes, dtype=np.float32)[targets],
-                    batch_size=batch_size, epochs=epochs, shuffle=True,
-                    class_weight=weights, verbose=2)
+    whole = None
+    if normal_images is not None:
+        whole = build_model(model_name, normal_images.shape[1:], num_classes,
+                            normal_index=normal_index)
+    rounds = 3 if whole is not None else 1
+    for round_index in range(rounds):
+        if round_index and whole is not None and normal_images is not None:
+            whole.set_weights(patch_model.get_weights())
+            mined = most_suspicious_windows(whole, normal_images, hard_negatives)
+            patches = np.concatenate([patches, mined])
+            targets = np.concatenate([targets, np.full(len(mined), normal_index)])
+        counts = np.bincount(targets, minlength=num_classes)
+        weights = {index: len(targets) / (num_classes * count)
+                   for index, count in enumerate(counts) if count}
+        logger.info("lesion-patch pretraining on %d patches (%s per class)", len(targets),
+                    counts.tolist())
+        round_epochs = epochs // rounds + (1 if round_index < epochs % rounds else 0)
+        patch_model.fit(patches, np.eye(num_classes, dtype=np.float32)[targets],
+                        batch_size=batch_size, epochs=round_epochs, shuffle=True,
+                        class_weight=weights, verbose=2)
     return list(patch_model.get_weights())

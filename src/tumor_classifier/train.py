@@ -236,25 +236,38 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages, train_rows: np.
 
 def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
                          files: list[Path], labels: np.ndarray,
-                         class_names: tuple[str, ...]) -> None:
-    """Stage one of two: train on lesion patches, then start from those weights."""
+                         class_names: tuple[str, ...], x_train: CachedImages,
+                         train_rows: np.ndarray) -> bool:
+    """Stage one of two: train on lesion patches, then start from those weights. Returns
+    False (and says why) when the dataset marks no lesions, so there is nothing to do."""
+    from .models import MIL_WINDOW
     from .patches import load_annotations, pretrain_on_patches, sample_patches
 
-    if config.crop_breast:
-        raise ValueError("--patch-pretrain-epochs works on uncropped images; drop "
-                         "--crop-breast (the lesion coordinates refer to the whole film).")
-    patch_size = max(32, config.image_size // 4)
+    if not (data_dir / "annotations.csv").is_file():
+        # A class-folder dataset without lesion circles: the default still has to work.
+        logger.warning("%s: no annotations.csv (file,x,y,radius of each lesion), so no "
+                       "lesion-patch pretraining; training on whole images only.", data_dir)
+        return False
+    if "NOR" not in class_names:
+        raise ValueError("lesion-patch pretraining needs a NOR class folder: normal tissue "
+                         "is what lesion patches are learned against.")
+    normal = class_names.index("NOR")
+    # mammo_mil mines hard negatives from the whole normal films.
+    normal_images = x_train[train_rows[labels == normal]] if config.model == "mammo_mil" else None
+    # mammo_mil's window, so its patch classifier is the one it slides over the film.
+    patch_size = min(MIL_WINDOW, config.image_size)
     patches, targets = sample_patches(
         files, labels.tolist(), class_names, load_annotations(data_dir), config.image_size,
-        config.channels, patch_size, seed=config.seed)
+        config.channels, patch_size, seed=config.seed, crop=config.crop_breast)
     weights = pretrain_on_patches(config.model, patches, targets, len(class_names),
                                   config.patch_pretrain_epochs, config.batch_size,
-                                  config.learning_rate)
+                                  config.learning_rate, normal, normal_images)
     if [tuple(w.shape) for w in weights] != [tuple(w.shape) for w in model.get_weights()]:
         raise ValueError(f"preset {config.model!r} has weights that depend on the input size "
                          "(a Flatten head); lesion-patch pretraining needs a global-pooling "
                          "preset such as mammo_net.")
     model.set_weights(weights)
+    return True
 
 
 def train(config: TrainConfig) -> Path:
@@ -320,14 +333,25 @@ def train(config: TrainConfig) -> Path:
     num_classes = len(class_names)
     started = datetime.datetime.now(datetime.UTC)
     with distribution_scope(config.distribute, config.batch_size) as devices:
-        model = build_model(config.model, input_shape, len(class_names), backbone_weights)
+        normal_index = class_names.index("NOR") if "NOR" in class_names else None
+        model = build_model(config.model, input_shape, len(class_names), backbone_weights,
+                            normal_index)
+        learning_rate = config.learning_rate
+        if config.patch_pretrain_epochs > 0 and _pretrain_on_lesions(
+                model, config, data_dir, train_files, y_train, class_names, x_train,
+                train_rows):
+            # Then fine-tune on whole films as Keras' transfer-learning guide does: frozen
+            # BatchNormalization keeps the statistics the patch classifier learned (whole
+            # films, background included, would shift them), and a tenth of the rate.
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
+            learning_rate /= 10
         model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            optimizer=keras.optimizers.Adam(learning_rate),
             loss="categorical_crossentropy",
             metrics=["accuracy"],
         )
-        if config.patch_pretrain_epochs > 0:
-            _pretrain_on_lesions(model, config, data_dir, train_files, y_train, class_names)
         history = _fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
                        num_classes, weights, run_dir, devices)
     val_losses = history.history["val_loss"]
