@@ -92,6 +92,30 @@ def test_explicit_steps_and_early_stopping(small_dataset: Path, tmp_path: Path) 
     assert config["class_weight"] == {"BEN": 5.0, "CAN": 5.0, "NOR": 1.0}
 
 
+def test_focal_loss_and_cosine_schedule() -> None:
+    import numpy as np
+
+    from tumor_classifier.train import _loss, _optimizer
+
+    config = TrainConfig(data_dir="", out="", epochs=5, learning_rate=0.01,
+                         lr_schedule="cosine", loss="focal")
+    schedule = _optimizer(config, config.learning_rate, steps_per_epoch=4).learning_rate
+    assert float(schedule) == pytest.approx(0.01)  # at step 0
+    decay = _optimizer(config, 0.01, 4)._learning_rate
+    assert float(decay(10)) == pytest.approx(0.005, rel=1e-4)  # half way: half the rate
+    assert float(decay(20)) == pytest.approx(0.0, abs=1e-7)
+    # focal loss (gamma 2) of a prediction p for the true class is -(1 - p)^2 log p
+    y_true, y_pred = np.array([[0.0, 1.0, 0.0]]), np.array([[0.2, 0.7, 0.1]])
+    assert float(_loss("focal")(y_true, y_pred)) == pytest.approx(-(0.3 ** 2) * np.log(0.7),
+                                                                  rel=1e-4)
+    assert float(_loss("crossentropy")(y_true, y_pred)) == pytest.approx(-np.log(0.7),
+                                                                         rel=1e-4)
+    with pytest.raises(ValueError, match="--loss 'dice': use crossentropy or focal"):
+        _loss("dice")
+    with pytest.raises(ValueError, match="--lr-schedule 'step': use constant or cosine"):
+        _optimizer(TrainConfig(data_dir="", out="", lr_schedule="step"), 0.01, 4)
+
+
 def _separable_dataset(root: Path, per_class: dict[str, int], seed: int) -> Path:
     """Noise images; BEN has a bright square, CAN a bright bar, NOR nothing."""
     import numpy as np

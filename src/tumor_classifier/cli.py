@@ -49,6 +49,11 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                             default=getattr(defaults, name), help="default: %(default)s")
     parser.add_argument("--class-weight", default=defaults.class_weight,
                         help="balanced | none | BEN=5,CAN=5,NOR=1 (default: %(default)s)")
+    parser.add_argument("--loss", choices=["crossentropy", "focal"], default=defaults.loss,
+                        help="focal: focal loss, gamma 2 (default: %(default)s)")
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                        default=defaults.lr_schedule,
+                        help="cosine: decay to 0 over all epochs (default: %(default)s)")
     for name in ("steps_per_epoch", "validation_steps", "patience"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--distribute", choices=["none", "data-parallel"],

@@ -44,6 +44,10 @@ class TrainConfig:
     learning_rate: float = 1e-3
     # "balanced" (inverse class frequency), "none", or explicit "BEN=5,CAN=5,NOR=1".
     class_weight: str = "balanced"
+    # "crossentropy" or "focal" (focal loss, gamma 2; class weights still apply).
+    loss: str = "crossentropy"
+    # "constant" or "cosine" (the rate decays along a cosine to 0 over all epochs).
+    lr_schedule: str = "constant"
     # None = one pass over the data per epoch / over the whole validation split.
     steps_per_epoch: int | None = None
     validation_steps: int | None = None

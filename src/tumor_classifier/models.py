@@ -102,8 +102,9 @@ def _mammo_net(input_shape: tuple[int, int, int], num_classes: int) -> keras.Mod
     """A residual depthwise-separable CNN for one-channel mammograms at 256-512 pixels.
 
     Meant for breast-cropped images in one orientation (`--crop-breast`; augmentation in
-    `_mammo_features`). A finding is small and local, so the head concatenates global max pooling (is there a suspicious
-    spot anywhere?) with global average pooling (what is the tissue like overall?).
+    `_mammo_features`). A finding is small and local, so the head concatenates global max
+    pooling (is there a suspicious spot anywhere?) with global average pooling (what is
+    the tissue like overall?).
     """
     inputs = keras.Input(shape=input_shape)
     x = _mammo_features(inputs, (32, 64, 96, 128, 192))

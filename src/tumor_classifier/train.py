@@ -234,6 +234,30 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages, train_rows: np.
     return history
 
 
+def _optimizer(config: TrainConfig, learning_rate: float, steps_per_epoch: int) -> Any:
+    """Adam at a constant rate, or decayed along a cosine to 0 over all epochs."""
+    import keras
+
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=config.epochs * steps_per_epoch))
+    if config.lr_schedule != "constant":
+        raise ValueError(f"--lr-schedule {config.lr_schedule!r}: use constant or cosine.")
+    return keras.optimizers.Adam(learning_rate)
+
+
+def _loss(name: str) -> Any:
+    """Cross-entropy, or focal loss (Lin et al., 2017: gamma 2 down-weights the examples
+    the model already gets right, an alternative to class weights for rare classes)."""
+    import keras
+
+    if name == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=2.0)
+    if name != "crossentropy":
+        raise ValueError(f"--loss {name!r}: use crossentropy or focal.")
+    return keras.losses.CategoricalCrossentropy()
+
+
 def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
                          files: list[Path], labels: np.ndarray,
                          class_names: tuple[str, ...], x_train: CachedImages,
@@ -347,11 +371,9 @@ def train(config: TrainConfig) -> Path:
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False
             learning_rate /= 10
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss="categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+        steps = config.steps_per_epoch or math.ceil(len(train_rows) / config.batch_size)
+        model.compile(optimizer=_optimizer(config, learning_rate, steps),
+                      loss=_loss(config.loss), metrics=["accuracy"])
         history = _fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
                        num_classes, weights, run_dir, devices)
     val_losses = history.history["val_loss"]
