@@ -25,22 +25,45 @@ def _seed(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     where features are; Dropout(0.5) regularises the large dense layer; softmax gives class
     probabilities.
     """
-    return keras.Sequential(
-        [
-            keras.Input(shape=input_shape),
-            layers.Conv2D(16, (3, 3), activation="relu"),
-            layers.MaxPooling2D((2, 2)),
-            layers.Conv2D(32, (3, 3), activation="relu"),
-            layers.MaxPooling2D((2, 2)),
-            layers.Conv2D(64, (3, 3), activation="relu"),
-            layers.MaxPooling2D((2, 2)),
-            layers.Flatten(),
-            layers.Dropout(0.5),
-            layers.Dense(128, activation="relu"),
-            layers.Dense(num_classes, activation="softmax"),
-        ],
-        name="seed",
-    )
+    return keras.Sequential([keras.Input(shape=input_shape), *_seed_layers(num_classes)],
+                            name="seed")
+
+
+def _seed_layers(num_classes: int) -> list[layers.Layer]:
+    return [
+        layers.Conv2D(16, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Conv2D(32, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Conv2D(64, (3, 3), activation="relu"),
+        layers.MaxPooling2D((2, 2)),
+        layers.Flatten(),
+        layers.Dropout(0.5),
+        layers.Dense(128, activation="relu"),
+        layers.Dense(num_classes, activation="softmax"),
+    ]
+
+
+def _seed_augmented(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """The original CNN behind augmentation layers (vertical flip, small rotation, zoom,
+    translation and contrast, for breast-cropped films in one orientation; active only in
+    `fit`): the same network, shown a slightly different film every epoch."""
+    inputs = keras.Input(shape=input_shape)
+    x = _augment(inputs)
+    for layer in _seed_layers(num_classes):
+        x = layer(x)
+    return keras.Model(inputs, x, name="seed_augmented")
+
+
+def _augment(inputs: keras.KerasTensor) -> keras.KerasTensor:
+    """Augmentation for breast-cropped films in one orientation: only vertical flips (a
+    horizontal one would undo the orientation), small rotation, zoom, translation and
+    contrast; all active only in `fit`."""
+    x = layers.RandomFlip("vertical")(inputs)
+    x = layers.RandomRotation(0.03, fill_mode="constant")(x)
+    x = layers.RandomZoom(0.1, fill_mode="constant")(x)
+    x = layers.RandomTranslation(0.05, 0.05, fill_mode="constant")(x)
+    return layers.RandomContrast(0.2)(x)
 
 
 def _residual_block(x: keras.KerasTensor, filters: int, stride: int) -> keras.KerasTensor:
@@ -80,15 +103,9 @@ def _resnet_small(input_shape: tuple[int, int, int], num_classes: int) -> keras.
 
 
 def _mammo_features(inputs: keras.KerasTensor, stages: tuple[int, ...]) -> keras.KerasTensor:
-    """Augmentation for breast-cropped films in one orientation (only vertical flips, a
-    horizontal one would undo the orientation; small rotation, zoom, translation and
-    contrast; all active only in `fit`), a stride-2 stem, then two residual blocks per
-    stage, each stage halving the resolution."""
-    x = layers.RandomFlip("vertical")(inputs)
-    x = layers.RandomRotation(0.03, fill_mode="constant")(x)
-    x = layers.RandomZoom(0.1, fill_mode="constant")(x)
-    x = layers.RandomTranslation(0.05, 0.05, fill_mode="constant")(x)
-    x = layers.RandomContrast(0.2)(x)
+    """`_augment`, a stride-2 stem, then two residual blocks per stage, each stage halving
+    the resolution."""
+    x = _augment(inputs)
     x = layers.Conv2D(24, 5, strides=2, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     x = layers.Activation("relu")(x)
@@ -216,6 +233,7 @@ def _efficientnet_b0(input_shape: tuple[int, int, int], num_classes: int,
 
 PRESETS: dict[str, Callable[..., keras.Model]] = {
     "seed": _seed,
+    "seed_augmented": _seed_augmented,
     "resnet_small": _resnet_small,
     "mammo_net": _mammo_net,
     "mammo_mil": _mammo_mil,
