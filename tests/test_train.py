@@ -116,6 +116,28 @@ def test_focal_loss_and_cosine_schedule() -> None:
         _optimizer(TrainConfig(data_dir="", out="", lr_schedule="step"), 0.01, 4)
 
 
+def test_balanced_sampling_draws_every_class_equally_often() -> None:
+    import numpy as np
+
+    from tumor_classifier.train import Batches
+
+    labels = np.array([0] * 10 + [1] * 4 + [2] * 86)
+    images = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1)
+    batches = Batches(images, np.arange(100), labels, 3, batch_size=25, seed=0, balanced=True)
+    drawn = []
+    for epoch in range(40):
+        batches.set_epoch(epoch)
+        for index in range(len(batches)):
+            drawn.extend(int(value) for value in batches[index][0].ravel())
+    shares = np.bincount(labels[drawn], minlength=3) / len(drawn)
+    np.testing.assert_allclose(shares, 1 / 3, atol=0.03)  # against 0.10 / 0.04 / 0.86
+    assert len(drawn) == 40 * 100  # a pass is still len(rows) images
+    # the default shuffle shows every image exactly once per pass
+    plain = Batches(images, np.arange(100), labels, 3, batch_size=25, seed=0)
+    once = sorted(int(v) for i in range(len(plain)) for v in plain[i][0].ravel())
+    assert once == list(range(100))
+
+
 def _separable_dataset(root: Path, per_class: dict[str, int], seed: int) -> Path:
     """Noise images; BEN has a bright square, CAN a bright bar, NOR nothing."""
     import numpy as np

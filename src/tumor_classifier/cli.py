@@ -49,6 +49,10 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                             default=getattr(defaults, name), help="default: %(default)s")
     parser.add_argument("--class-weight", default=defaults.class_weight,
                         help="balanced | none | BEN=5,CAN=5,NOR=1 (default: %(default)s)")
+    parser.add_argument("--sampling", choices=["shuffle", "balanced"],
+                        default=defaults.sampling,
+                        help="balanced: every class equally likely in each batch, instead of "
+                        "class weights (default: %(default)s)")
     parser.add_argument("--loss", choices=["crossentropy", "focal"], default=defaults.loss,
                         help="focal: focal loss, gamma 2 (default: %(default)s)")
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"],

@@ -44,6 +44,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     # "balanced" (inverse class frequency), "none", or explicit "BEN=5,CAN=5,NOR=1".
     class_weight: str = "balanced"
+    # "shuffle" (every image once per pass) or "balanced" (each pass draws images with
+    # replacement, every class equally likely; class weights are then not applied).
+    sampling: str = "shuffle"
     # "crossentropy" or "focal" (focal loss, gamma 2; class weights still apply).
     loss: str = "crossentropy"
     # "constant" or "cosine" (the rate decays along a cosine to 0 over all epochs).

@@ -80,8 +80,15 @@ class Batches:
     def __init__(self, images: np.ndarray | CachedImages, rows: np.ndarray,
                  labels: np.ndarray, num_classes: int, batch_size: int,
                  weights: dict[int, float] | None = None, seed: int | None = 0,
-                 steps: int | None = None) -> None:
+                 steps: int | None = None, balanced: bool = False) -> None:
         self.images, self.rows, self.batch_size, self.seed = images, rows, batch_size, seed
+        # Balanced sampling: each pass draws len(rows) images with replacement, every class
+        # equally likely (an alternative to class weights).
+        self.draw = None
+        if balanced:
+            counts = np.bincount(labels, minlength=num_classes)
+            self.draw = 1.0 / counts[labels]
+            self.draw /= self.draw.sum()
         self.one_hot = np.eye(num_classes, dtype=np.float32)[labels]
         self.sample_weights = None if weights is None else np.array(
             [weights[int(label)] for label in labels], np.float32)
@@ -95,7 +102,10 @@ class Batches:
     def _order(self, pass_index: int) -> np.ndarray:
         if self.seed is None:
             return np.arange(len(self.rows))
-        return np.random.default_rng([self.seed, pass_index]).permutation(len(self.rows))
+        rng = np.random.default_rng([self.seed, pass_index])
+        if self.draw is not None:
+            return rng.choice(len(self.rows), len(self.rows), p=self.draw)
+        return rng.permutation(len(self.rows))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         pass_index, position = divmod(self.epoch * self.steps + index, self.per_pass)
@@ -218,7 +228,8 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages, train_rows: np.
         train_rows, y_train = train_rows[:keep], y_train[:keep]
         val_subset = val_subset[: len(val_subset) - len(val_subset) % devices]
     train_batches = Batches(x_train, train_rows, y_train, num_classes, config.batch_size,
-                            weights, config.seed, config.steps_per_epoch)
+                            weights, config.seed, config.steps_per_epoch,
+                            balanced=config.sampling == "balanced")
     callbacks.append(keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs=None: train_batches.set_epoch(epoch)))
     history = model.fit(
@@ -325,6 +336,13 @@ def train(config: TrainConfig) -> Path:
     validation_folder = scan_folder(data_dir / "validation", train_folder.class_names)
     class_names = train_folder.class_names
     weights = class_weights(config.class_weight, train_folder.counts())
+    if config.sampling not in ("shuffle", "balanced"):
+        raise ValueError(f"--sampling {config.sampling!r}: use shuffle or balanced.")
+    if config.sampling == "balanced" and weights is not None:
+        # Balanced batches already give every class the same weight; class weights on top
+        # would count the correction twice.
+        logger.info("--sampling balanced: class weights are not applied.")
+        weights = None
 
     # Decode every image once, before the first epoch; every problem is reported together.
     x_train, train_rows, y_train, train_files, train_failures = _load_split(
