@@ -275,7 +275,7 @@ def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
                          train_rows: np.ndarray) -> bool:
     """Stage one of two: train on lesion patches, then start from those weights. Returns
     False (and says why) when the dataset marks no lesions, so there is nothing to do."""
-    from .models import MIL_WINDOW
+    from .models import MIL_WINDOW, build_model
     from .patches import load_annotations, pretrain_on_patches, sample_patches
 
     if not (data_dir / "annotations.csv").is_file():
@@ -291,16 +291,19 @@ def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
     normal_images = x_train[train_rows[labels == normal]] if config.model == "mammo_mil" else None
     # mammo_mil's window, so its patch classifier is the one it slides over the film.
     patch_size = min(MIL_WINDOW, config.image_size)
+    patch_model = build_model(config.model, (patch_size, patch_size, config.channels),
+                              len(class_names))
+    if [tuple(w.shape) for w in patch_model.get_weights()] != [
+            tuple(w.shape) for w in model.get_weights()]:
+        raise ValueError(f"preset {config.model!r} has weights that depend on the input size "
+                         "(a Flatten head); lesion-patch pretraining needs a global-pooling "
+                         "preset such as mammo_mil or mammo_net.")
     patches, targets = sample_patches(
         files, labels.tolist(), class_names, load_annotations(data_dir), config.image_size,
         config.channels, patch_size, seed=config.seed, crop=config.crop_breast)
     weights = pretrain_on_patches(config.model, patches, targets, len(class_names),
                                   config.patch_pretrain_epochs, config.batch_size,
                                   config.learning_rate, normal, normal_images)
-    if [tuple(w.shape) for w in weights] != [tuple(w.shape) for w in model.get_weights()]:
-        raise ValueError(f"preset {config.model!r} has weights that depend on the input size "
-                         "(a Flatten head); lesion-patch pretraining needs a global-pooling "
-                         "preset such as mammo_net.")
     model.set_weights(weights)
     return True
 
