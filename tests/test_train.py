@@ -138,6 +138,28 @@ def test_balanced_sampling_draws_every_class_equally_often() -> None:
     assert once == list(range(100))
 
 
+def test_mixed_precision_trains_and_saves_a_float32_model(small_dataset: Path,
+                                                           tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    from tumor_classifier.predict import Classifier
+    from tumor_classifier.train import _precision
+
+    run_dir = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"),
+                                epochs=1, image_size=64, batch_size=4, workers=1,
+                                precision="mixed"))
+    assert keras.config.dtype_policy().name == "float32"  # restored after training
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    probabilities = Classifier.load(run_dir).predict_batch(
+        np.zeros((2, 64, 64, 1), np.float32))
+    assert probabilities.dtype != np.float16 and np.allclose(probabilities.sum(axis=1), 1)
+    with pytest.raises(ValueError, match="--precision 'half': use float32 or mixed"):
+        with _precision("half"):
+            pass
+
+
 def _separable_dataset(root: Path, per_class: dict[str, int], seed: int) -> Path:
     """Noise images; BEN has a bright square, CAN a bright bar, NOR nothing."""
     import numpy as np

@@ -53,6 +53,10 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                         default=defaults.sampling,
                         help="balanced: every class equally likely in each batch, instead of "
                         "class weights (default: %(default)s)")
+    parser.add_argument("--precision", choices=["float32", "mixed"],
+                        default=defaults.precision,
+                        help="mixed: float16 compute on GPUs, bfloat16 elsewhere; the saved "
+                        "model is float32 (default: %(default)s)")
     parser.add_argument("--loss", choices=["crossentropy", "focal"], default=defaults.loss,
                         help="focal: focal loss, gamma 2 (default: %(default)s)")
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"],

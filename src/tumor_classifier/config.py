@@ -47,6 +47,8 @@ class TrainConfig:
     # "shuffle" (every image once per pass) or "balanced" (each pass draws images with
     # replacement, every class equally likely; class weights are then not applied).
     sampling: str = "shuffle"
+    # "float32", or "mixed": float16 compute on GPUs, bfloat16 elsewhere (train.py).
+    precision: str = "float32"
     # "crossentropy" or "focal" (focal loss, gamma 2; class weights still apply).
     loss: str = "crossentropy"
     # "constant" or "cosine" (the rate decays along a cosine to 0 over all epochs).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import logging
@@ -245,6 +246,29 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages, train_rows: np.
     return history
 
 
+@contextlib.contextmanager
+def _precision(precision: str) -> Iterator[str]:
+    """Keras' dtype policy for building and training: "float32", or with "mixed" float16
+    compute on GPUs (Keras then scales the loss) and bfloat16 elsewhere (CPUs and TPUs
+    with bfloat16 units), variables in float32 either way. Restored afterwards."""
+    import keras
+
+    if precision not in ("float32", "mixed"):
+        raise ValueError(f"--precision {precision!r}: use float32 or mixed.")
+    policy = "float32"
+    if precision == "mixed":
+        # "gpu:0" (JAX), "/device:GPU:0" (TensorFlow), "cuda:0" (PyTorch)
+        gpu = any("gpu" in device or "cuda" in device for device in
+                  (str(d).lower() for d in keras.distribution.list_devices()))
+        policy = "mixed_float16" if gpu else "mixed_bfloat16"
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield policy
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def _optimizer(config: TrainConfig, learning_rate: float, steps_per_epoch: int) -> Any:
     """Adam at a constant rate, or decayed along a cosine to 0 over all epochs."""
     import keras
@@ -377,8 +401,9 @@ def train(config: TrainConfig) -> Path:
         backbone_weights = None
     num_classes = len(class_names)
     started = datetime.datetime.now(datetime.UTC)
-    with distribution_scope(config.distribute, config.batch_size) as devices:
-        normal_index = class_names.index("NOR") if "NOR" in class_names else None
+    normal_index = class_names.index("NOR") if "NOR" in class_names else None
+    with distribution_scope(config.distribute, config.batch_size) as devices, \
+            _precision(config.precision) as policy:
         model = build_model(config.model, input_shape, len(class_names), backbone_weights,
                             normal_index)
         learning_rate = config.learning_rate
@@ -397,6 +422,13 @@ def train(config: TrainConfig) -> Path:
                       loss=_loss(config.loss), metrics=["accuracy"])
         history = _fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
                        num_classes, weights, run_dir, devices)
+    if policy != "float32":
+        # Weights are float32 under mixed precision anyway: save the kept checkpoint as a
+        # plain float32 model, so predict, the app and the exports run it like any other.
+        trained = keras.models.load_model(run_dir / "model.keras", compile=False)
+        plain = build_model(config.model, input_shape, num_classes, None, normal_index)
+        plain.set_weights(trained.get_weights())
+        plain.save(run_dir / "model.keras")
     val_losses = history.history["val_loss"]
     best_epoch = int(np.argmin(val_losses)) + 1
 
