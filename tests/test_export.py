@@ -73,3 +73,30 @@ def test_saved_model_export_with_metadata(trained_run: Path, tmp_path: Path) -> 
         export(trained_run, out, "saved-model")
     assert main(["export", str(trained_run), str(tmp_path / "x"), "--format", "onnx"]) == 0
     assert json.loads(json.dumps(metadata))["calibration"]["temperature"] > 0
+
+
+@pytest.mark.parametrize("name", ["seed_augmented", "mammo_net", "mammo_mil", "resnet_small"])
+def test_onnx_export_runs_augmented_batchnorm_presets_in_inference_mode(
+        name: str, tmp_path: Path) -> None:
+    """Exported as plain Keras exports them, these presets ran BatchNormalization in
+    training mode and kept the augmentation's random ops (outputs off by up to 0.5)."""
+    pytest.importorskip("tf2onnx")
+    import keras
+    import onnxruntime
+
+    from tumor_classifier.export import _inference_model
+    from tumor_classifier.models import build_model
+
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 64, 64, 1), np.float32)
+    model = build_model(name, (64, 64, 1), 3)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit(images, np.eye(3, dtype=np.float32)[[0, 1, 2, 0]], epochs=2, verbose=0)
+    expected = np.asarray(model(images, training=False))
+    wrapped = _inference_model(model)
+    wrapped(images[:1])
+    wrapped.export(str(tmp_path / "m.onnx"), format="onnx", verbose=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    got = session.run(None, {session.get_inputs()[0].name: images})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert keras.config.dtype_policy().name == "float32"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -91,6 +93,13 @@ def test_two_stage_training_on_real_lesions_and_without_annotations(
     assert normal_counts[0] < normal_counts[1] < normal_counts[2]
     model = keras.models.load_model(run / "model.keras", compile=False)
     assert model.predict(np.zeros((1, 128, 128, 1), np.float32), verbose=0).shape == (1, 3)
+    # a fresh process (as `predict`, the app and the service are) loads its custom layer
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys; from tumor_classifier.predict import Classifier; "
+         "print(Classifier.load(sys.argv[1]).class_names)", str(run)],
+        capture_output=True, text=True, check=False)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert "('BEN', 'CAN', 'NOR')" in loaded.stdout
     # a class-folder dataset without lesion circles trains on whole films, with one warning
     caplog.clear()
     train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "run2"), **options))

@@ -61,6 +61,8 @@ class Classifier:
         """Load `model.keras` and `config.json` from a run directory written by `train`."""
         import keras
 
+        from . import models  # noqa: F401  (registers the presets' own layers for loading)
+
         run_dir = Path(run_dir)
         model_path = run_dir / "model.keras"
         if not model_path.is_file():
