@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from collections import Counter
@@ -100,6 +101,18 @@ def test_two_stage_training_on_real_lesions_and_without_annotations(
         capture_output=True, text=True, check=False)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert "('BEN', 'CAN', 'NOR')" in loaded.stdout
+    # its ONNX export (augmentation, frozen BatchNorm, custom head) gives the Keras
+    # probabilities on real films
+    if importlib.util.find_spec("tf2onnx") is not None:
+        from tumor_classifier.export import export, load_onnx_classifier
+        from tumor_classifier.predict import Classifier
+
+        films = sorted((prepared_mias / "test").rglob("*.png"))[::8]
+        onnx_results = load_onnx_classifier(export(run, tmp_path / "mil.onnx")).predict(films)
+        for ours, theirs in zip(Classifier.load(run).predict(films), onnx_results,
+                                strict=True):
+            for name, value in ours.probabilities.items():
+                assert theirs.probabilities[name] == pytest.approx(value, abs=1e-4)
     # a class-folder dataset without lesion circles trains on whole films, with one warning
     caplog.clear()
     train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "run2"), **options))

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .imaging import find_breast, read_image, to_grey
+
 
 def find_target_layer(model: Any, name: str | None = None) -> Any:
     """The layer Grad-CAM explains: `name`, or the last layer with a 4-D output."""
@@ -126,7 +128,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4,
     at the image's resolution."""
     import matplotlib
 
-    grey = image if image.ndim == 2 else image[..., :3].mean(axis=2)
+    grey = to_grey(image)
     height, width = grey.shape
     resized = np.asarray(Image.fromarray(heatmap.astype(np.float32)).resize(
         (width, height), Image.Resampling.BILINEAR))
@@ -156,7 +158,6 @@ def lesion_hit_rate(classifier: Any, data_dir: Path, split: str = "test") -> dic
     """
     import csv
 
-    from .imaging import find_breast, read_image
 
     circles: dict[str, list[tuple[float, float, float]]] = {}
     with (Path(data_dir) / "annotations.csv").open(encoding="utf-8") as handle:
@@ -173,8 +174,8 @@ def lesion_hit_rate(classifier: Any, data_dir: Path, split: str = "test") -> dic
                            classifier.config.get("gradcam_layer"))
         row, column = peak_location(heatmap)
         height, width = image.shape[:2]
-        grey = image if image.ndim == 2 else image[..., :3].mean(axis=2)
-        box = find_breast(grey) if classifier.crop_breast else None
+        # the box the model's preprocessing found (on the same grey plane)
+        box = find_breast(to_grey(image)) if classifier.crop_breast else None
         if box is not None:  # the model saw the cropped, flipped, padded breast
             y, x = box.to_film(row + 0.5, column + 0.5, heatmap.shape[0])
         else:

@@ -66,16 +66,13 @@ def export(run_dir: Path | str, out: Path | str, file_format: str = "onnx") -> P
     if file_format not in FORMATS:
         raise ValueError(f"Unknown export format {file_format!r}; choose one of "
                          f"{', '.join(FORMATS)}.")
-    import keras
-
-    from . import models  # noqa: F401  (registers the presets' own layers for loading)
+    from .predict import Classifier
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: exists; choose another output path.")
     metadata = _metadata(run_dir)
-    model = _inference_model(keras.models.load_model(run_dir / "model.keras",
-                                                      compile=False))
+    model = _inference_model(Classifier.load(run_dir).model)
     size, channels = metadata["image_size"], metadata["channels"]
     model(np.zeros((1, size, size, channels), np.float32))  # build the graph
     if file_format == "onnx":

@@ -425,7 +425,11 @@ def crop_breast(image: np.ndarray) -> np.ndarray:
     Padding is zeros on the right and evenly above and below, so resizing keeps the aspect
     ratio. Images that `find_breast` leaves whole are returned as they are.
     """
-    box = find_breast(image)
+    return crop_to(image, find_breast(image))
+
+
+def crop_to(image: np.ndarray, box: CropBox | None) -> np.ndarray:
+    """`crop_breast` with the box already found (None: the image as it is)."""
     if box is None:
         return image
     crop = image[box.top : box.bottom, box.left : box.right]
@@ -434,6 +438,14 @@ def crop_breast(image: np.ndarray) -> np.ndarray:
     square = np.zeros((box.side, box.side), np.float32)
     square[box.offset : box.offset + crop.shape[0], : crop.shape[1]] = crop
     return square
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """A `read_image` result as one grey plane: ITU-R 601 luma of colour images (the same
+    weights as Pillow's convert("L")), grey images as they are."""
+    if image.ndim == 2:
+        return image
+    return (image[:, :, :3] @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32)
 
 
 def preprocess(image: np.ndarray, image_size: int, channels: int,
@@ -448,8 +460,7 @@ def preprocess(image: np.ndarray, image_size: int, channels: int,
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}.")
     if image.ndim == 3 and (channels == 1 or crop):
-        # ITU-R 601 luma, the same weights as Pillow's convert("L").
-        image = image[:, :, :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+        image = to_grey(image)
     if crop:
         image = crop_breast(image)
     planes = [image] if image.ndim == 2 else [image[:, :, index] for index in range(3)]

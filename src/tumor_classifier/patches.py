@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .imaging import ImageReadError, find_breast, preprocess, read_image
+from .imaging import ImageReadError, crop_to, find_breast, preprocess, read_image, to_grey
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +76,10 @@ def sample_patches(
             logger.warning("patches: %s", error)
             continue
         height, width = image.shape[:2]
-        model_input = preprocess(image, image_size, channels, crop)
-        grey = image if image.ndim == 2 else image[:, :, :3] @ np.array([0.299, 0.587, 0.114])
-        box = find_breast(grey.astype(np.float32)) if crop else None
-
+        # The crop found once: it makes the model input and maps the circles into it.
+        box = find_breast(to_grey(image)) if crop else None
+        model_input = preprocess(crop_to(to_grey(image), box) if crop else image,
+                                 image_size, channels)
         if label == normal:
             tissue = np.argwhere(model_input[..., 0] > 0.15)  # breast, not background
             if len(tissue) == 0:
@@ -149,13 +149,11 @@ def pretrain_on_patches(model_name: str, patches: np.ndarray, targets: np.ndarra
                               normal_index=normal_index)
     patch_model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                         loss="categorical_crossentropy", metrics=["accuracy"])
-    whole = None
-    if normal_images is not None:
-        whole = build_model(model_name, normal_images.shape[1:], num_classes,
-                            normal_index=normal_index)
-    rounds = 3 if whole is not None else 1
+    whole = None if normal_images is None else build_model(
+        model_name, normal_images.shape[1:], num_classes, normal_index=normal_index)
+    rounds = 1 if whole is None else 3
     for round_index in range(rounds):
-        if round_index and whole is not None and normal_images is not None:
+        if round_index and whole is not None and normal_images is not None:  # mining rounds
             whole.set_weights(patch_model.get_weights())
             mined = most_suspicious_windows(whole, normal_images, hard_negatives)
             patches = np.concatenate([patches, mined])
