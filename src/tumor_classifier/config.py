@@ -41,7 +41,9 @@ class TrainConfig:
     crop_breast: bool = True
     epochs: int = 10
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    # None: 1e-3, or 1e-4 when a preset starts from pretrained weights (fine-tuning at a
+    # tenth of the rate keeps the ImageNet features instead of overwriting them).
+    learning_rate: float | None = None
     # "balanced" (inverse class frequency), "none", or explicit "BEN=5,CAN=5,NOR=1".
     class_weight: str = "balanced"
     # "shuffle" (every image once per pass) or "balanced" (each pass draws images with

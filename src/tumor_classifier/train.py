@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime
 import logging
 import math
@@ -296,7 +297,7 @@ def _loss(name: str) -> Any:
 def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
                          files: list[Path], labels: np.ndarray,
                          class_names: tuple[str, ...], x_train: CachedImages,
-                         train_rows: np.ndarray) -> bool:
+                         train_rows: np.ndarray, learning_rate: float) -> bool:
     """Stage one of two: train on lesion patches, then start from those weights. Returns
     False (and says why) when the dataset marks no lesions, so there is nothing to do."""
     from .models import MIL_WINDOW, build_model
@@ -327,7 +328,7 @@ def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
         config.channels, patch_size, seed=config.seed, crop=config.crop_breast)
     weights = pretrain_on_patches(config.model, patches, targets, len(class_names),
                                   config.patch_pretrain_epochs, config.batch_size,
-                                  config.learning_rate, normal, normal_images)
+                                  learning_rate, normal, normal_images)
     model.set_weights(weights)
     return True
 
@@ -399,6 +400,12 @@ def train(config: TrainConfig) -> Path:
                                                                 backbone_weights)
     elif backbone_weights == "none":
         backbone_weights = None
+    learning_rate = config.learning_rate
+    if learning_rate is None:
+        learning_rate = 1e-3 if backbone_weights is None else 1e-4
+    # config.json records what was used, not what was left to the defaults.
+    config = dataclasses.replace(config, learning_rate=learning_rate,
+                                 weights=backbone_weights or config.weights)
     num_classes = len(class_names)
     started = datetime.datetime.now(datetime.UTC)
     normal_index = class_names.index("NOR") if "NOR" in class_names else None
@@ -406,10 +413,9 @@ def train(config: TrainConfig) -> Path:
             _precision(config.precision) as policy:
         model = build_model(config.model, input_shape, len(class_names), backbone_weights,
                             normal_index)
-        learning_rate = config.learning_rate
         if config.patch_pretrain_epochs > 0 and _pretrain_on_lesions(
                 model, config, data_dir, train_files, y_train, class_names, x_train,
-                train_rows):
+                train_rows, learning_rate):
             # Then fine-tune on whole films as Keras' transfer-learning guide does: frozen
             # BatchNormalization keeps the statistics the patch classifier learned (whole
             # films, background included, would shift them), and a tenth of the rate.
