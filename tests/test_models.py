@@ -190,11 +190,13 @@ def test_weights_reader_refuses_anything_but_tensors(tmp_path) -> None:
 
     from tumor_classifier.efficientnet_lite import read_torch_state_dict
 
-    path = tmp_path / "evil.pth"
-    with path.open("wb") as handle:
-        for header in (0x1950A86A20F9469CFC6C, 1001, {}):
-            pickle.dump(header, handle, protocol=2)
-        pickle.dump({"weight": _RunsACommand()}, handle, protocol=2)
-    with pytest.raises(ValueError, match=r"evil.pth: not a PyTorch state dict .*refusing "
-                       r"to load (posix|os|nt)\.system"):
-        read_torch_state_dict(path)
+    magic = 0x1950A86A20F9469CFC6C
+    for name, pickles in (("evil.pth", [magic, 1001, {}, {"weight": _RunsACommand()}]),
+                          ("evil_header.pth", [_RunsACommand()])):
+        path = tmp_path / name
+        with path.open("wb") as handle:
+            for item in pickles:
+                pickle.dump(item, handle, protocol=2)
+        with pytest.raises(ValueError, match=rf"{name}: not a PyTorch state dict .*refusing "
+                           r"to load (posix|os|nt)\.system"):
+            read_torch_state_dict(path)

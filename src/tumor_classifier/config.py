@@ -32,7 +32,8 @@ class TrainConfig:
     image_size: int = 256
     # 1 = grayscale (mammograms), 3 = the grey image repeated (for RGB backbones).
     channels: int = 1
-    # Pretrained presets only: "imagenet" (downloaded by Keras; the default for them), a
+    # Pretrained presets only: "imagenet" (the default for them: downloaded by Keras for
+    # efficientnet_b0, from the installed `pretrained` extra for efficientnet_lite0), a
     # weights file for offline use, or "none" (random initialisation).
     weights: str | None = None
     # Crop to the breast, flip it to one orientation and pad to a square before resizing

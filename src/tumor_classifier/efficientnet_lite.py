@@ -130,6 +130,12 @@ _STORAGE_TYPES = {"FloatStorage": np.float32, "DoubleStorage": np.float64,
 
 
 class _StateDictUnpickler(pickle.Unpickler):
+    """Every pickle of the file goes through this class, the headers included."""
+
+    def __init__(self, handle: Any, storage_types: dict[str, Any]) -> None:
+        super().__init__(handle)
+        self.storage_types = storage_types
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
@@ -143,8 +149,6 @@ class _StateDictUnpickler(pickle.Unpickler):
         _, storage_type, key, _, _, _ = pid
         self.storage_types[key] = _STORAGE_TYPES[storage_type]
         return key
-
-    storage_types: dict[str, Any]
 
 
 def _tensor_reference(storage: str, offset: int, size: tuple[int, ...],
@@ -164,17 +168,20 @@ def read_torch_state_dict(path: Path | str) -> dict[str, np.ndarray]:
 
 
 def _read_state_dict(handle: Any) -> dict[str, np.ndarray]:
-    if pickle.load(handle) != _LEGACY_MAGIC:
+    storage_types: dict[str, Any] = {}
+
+    def load() -> Any:
+        return _StateDictUnpickler(handle, storage_types).load()
+
+    if load() != _LEGACY_MAGIC:
         raise ValueError("wrong magic number")
-    pickle.load(handle)  # protocol version
-    pickle.load(handle)  # system info
-    unpickler = _StateDictUnpickler(handle)
-    unpickler.storage_types = {}
-    references = unpickler.load()
+    load()  # protocol version
+    load()  # system info
+    references = load()
     storages = {}
-    for key in pickle.load(handle):
+    for key in load():
         (count,) = struct.unpack("<q", handle.read(8))
-        dtype = np.dtype(unpickler.storage_types[key])
+        dtype = np.dtype(storage_types[key])
         storages[key] = np.frombuffer(handle.read(count * dtype.itemsize), dtype)
     state = {}
     for name, (key, offset, size, stride) in references.items():
