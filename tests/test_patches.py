@@ -36,6 +36,13 @@ def test_patches_from_real_lesions_and_normal_tissue(prepared_mias: Path, crop: 
                                   batch_size=8, learning_rate=1e-3)
     whole = build_model("mammo_net", (128, 128, 1), 3)
     assert [w.shape for w in weights] == [tuple(w.shape) for w in whole.get_weights()]
+    # the patch stage starts from the whole-image model's weights (a pretrained preset's
+    # ImageNet weights): with no epoch to train, they come back unchanged
+    start = whole.get_weights()
+    kept = pretrain_on_patches("mammo_net", patches[:24], targets[:24], 3, epochs=0,
+                               batch_size=8, learning_rate=1e-3, initial_weights=start)
+    for old, new in zip(start, kept, strict=True):
+        np.testing.assert_array_equal(old, new)
 
 
 @pytest.mark.slow

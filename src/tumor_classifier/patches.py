@@ -131,8 +131,12 @@ def pretrain_on_patches(model_name: str, patches: np.ndarray, targets: np.ndarra
                         num_classes: int, epochs: int, batch_size: int,
                         learning_rate: float, normal_index: int | None = None,
                         normal_images: np.ndarray | None = None,
-                        hard_negatives: int = 4) -> list[Any]:
+                        hard_negatives: int = 4,
+                        initial_weights: list[Any] | None = None) -> list[Any]:
     """Train the preset on patches (balanced class weights); returns its weights.
+
+    `initial_weights` (the whole-image model's, of the same shapes) start the patch model,
+    so a pretrained preset's ImageNet weights are what the patches fine-tune.
 
     With `normal_images` (whole model inputs of normal films; mammo_mil only), training
     runs in three rounds and after each of the first two the `hard_negatives` windows of
@@ -147,6 +151,8 @@ def pretrain_on_patches(model_name: str, patches: np.ndarray, targets: np.ndarra
 
     patch_model = build_model(model_name, patches.shape[1:], num_classes,
                               normal_index=normal_index)
+    if initial_weights is not None:
+        patch_model.set_weights(initial_weights)
     patch_model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                         loss="categorical_crossentropy", metrics=["accuracy"])
     whole = None if normal_images is None else build_model(

@@ -328,7 +328,8 @@ def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
         config.channels, patch_size, seed=config.seed, crop=config.crop_breast)
     weights = pretrain_on_patches(config.model, patches, targets, len(class_names),
                                   config.patch_pretrain_epochs, config.batch_size,
-                                  learning_rate, normal, normal_images)
+                                  learning_rate, normal, normal_images,
+                                  initial_weights=model.get_weights())
     model.set_weights(weights)
     return True
 
