@@ -200,3 +200,22 @@ def test_weights_reader_refuses_anything_but_tensors(tmp_path) -> None:
         with pytest.raises(ValueError, match=rf"{name}: not a PyTorch state dict .*refusing "
                            r"to load (posix|os|nt)\.system"):
             read_torch_state_dict(path)
+
+
+def test_freeze_batch_norm_reaches_nested_backbones() -> None:
+    """The whole-film stage after lesion-patch pretraining freezes BatchNormalization;
+    the pretrained presets keep theirs inside a nested backbone model."""
+    import keras
+
+    from tumor_classifier.models import freeze_batch_norm
+
+    for name in ("efficientnet_lite0", "efficientnet_b0", "mammo_net"):
+        model = build_model(name, (64, 64, 1), 3)
+        norms = [layer for layer in model._flatten_layers()
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+        assert norms and all(layer.trainable for layer in norms)
+        freeze_batch_norm(model)
+        assert not any(layer.trainable for layer in norms), name
+        convolutions = [layer for layer in model._flatten_layers()
+                        if isinstance(layer, keras.layers.Conv2D)]
+        assert all(layer.trainable for layer in convolutions)

@@ -137,6 +137,24 @@ def _mammo_net(input_shape: tuple[int, int, int], num_classes: int) -> keras.Mod
 MIL_WINDOW = 64
 
 
+def abnormality_log_odds(logits: keras.KerasTensor, normal_index: int) -> keras.KerasTensor:
+    """log(sum of the non-normal class probabilities / the normal probability) from class
+    logits on the last axis: how suspicious a window is."""
+    others = ops.concatenate([logits[..., :normal_index], logits[..., normal_index + 1 :]],
+                             axis=-1)
+    return ops.logsumexp(others, axis=-1) - logits[..., normal_index]
+
+
+def freeze_batch_norm(model: keras.Model) -> None:
+    """Make every BatchNormalization layer of `model`, nested models included, untrainable:
+    Keras 3 then runs it in inference mode, so fine-tuning keeps its statistics."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            freeze_batch_norm(layer)
+        elif isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+
+
 @keras.saving.register_keras_serializable(package="tumor_classifier")
 class MostSuspiciousWindow(layers.Layer):
     """Image probabilities from per-window class logits (batch, rows, columns, classes).
@@ -155,10 +173,7 @@ class MostSuspiciousWindow(layers.Layer):
     def call(self, logits: keras.KerasTensor) -> keras.KerasTensor:
         classes = logits.shape[-1]
         flat = ops.reshape(logits, (ops.shape(logits)[0], -1, classes))
-        normal = flat[..., self.normal_index]
-        others = ops.concatenate([flat[..., : self.normal_index],
-                                  flat[..., self.normal_index + 1 :]], axis=-1)
-        weights = ops.softmax(ops.logsumexp(others, axis=-1) - normal, axis=1)
+        weights = ops.softmax(abnormality_log_odds(flat, self.normal_index), axis=1)
         return ops.sum(ops.softmax(flat, axis=-1) * weights[..., None], axis=1)
 
     def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -254,10 +269,7 @@ def _efficientnet_lite0(input_shape: tuple[int, int, int], num_classes: int,
     if weights is not None:
         load_imagenet_weights(backbone, imagenet_weights_path() if weights == "imagenet"
                               else weights)
-        for layer in backbone.layers:
-            # Keras 3 runs a non-trainable BatchNormalization in inference mode.
-            if isinstance(layer, layers.BatchNormalization):
-                layer.trainable = False
+        freeze_batch_norm(backbone)
     x = backbone(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3)(x)

@@ -108,7 +108,7 @@ def most_suspicious_windows(model: Any, images: np.ndarray, per_image: int) -> n
     (highest abnormality log-odds in its `window_logits` map), as patches."""
     import keras
 
-    from .models import MIL_WINDOW
+    from .models import MIL_WINDOW, abnormality_log_odds
 
     logits_layer = model.get_layer("window_logits")
     window_map = keras.Model(model.inputs, logits_layer.output)
@@ -117,8 +117,7 @@ def most_suspicious_windows(model: Any, images: np.ndarray, per_image: int) -> n
     patches = []
     for start in range(0, len(images), 16):
         logits = np.asarray(window_map.predict_on_batch(images[start : start + 16]))
-        others = np.delete(logits, normal, axis=-1)
-        score = np.logaddexp.reduce(others, axis=-1) - logits[..., normal]
+        score = keras.ops.convert_to_numpy(abnormality_log_odds(logits, normal))
         for image, image_score in zip(images[start : start + 16], score, strict=True):
             for index in np.argsort(image_score, axis=None)[::-1][:per_image]:
                 row, column = np.unravel_index(index, image_score.shape)

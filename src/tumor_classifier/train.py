@@ -348,7 +348,7 @@ def train(config: TrainConfig) -> Path:
     """
     import keras
 
-    from .models import PRETRAINED, build_model
+    from .models import PRETRAINED, build_model, freeze_batch_norm
 
     data_dir, run_dir = Path(config.data_dir), Path(config.out)
     if (run_dir / "model.keras").exists():
@@ -420,9 +420,7 @@ def train(config: TrainConfig) -> Path:
             # Then fine-tune on whole films as Keras' transfer-learning guide does: frozen
             # BatchNormalization keeps the statistics the patch classifier learned (whole
             # films, background included, would shift them), and a tenth of the rate.
-            for layer in model.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.trainable = False
+            freeze_batch_norm(model)
             learning_rate /= 10
         steps = config.steps_per_epoch or math.ceil(len(train_rows) / config.batch_size)
         model.compile(optimizer=_optimizer(config, learning_rate, steps),
