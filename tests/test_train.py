@@ -51,7 +51,7 @@ def test_training_on_real_films_writes_a_complete_run_directory(trained_run: Pat
         history = list(csv.DictReader(handle))
     assert len(history) == 2 and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(
         history[0])
-    assert 1 <= config["best_epoch"] <= 2
+    assert 1 <= config["best_epoch"] <= 2 and config["collapsed"] is False
     metrics = json.loads((trained_run / "evaluation/validation/metrics.json").read_text())
     assert metrics["n"] == sum(config["data"]["validation"].values())
 
@@ -219,3 +219,28 @@ def test_batch_norm_presets_learn_a_separable_task(model: str, tmp_path: Path) -
                                 crop_breast=False))
     metrics = json.loads((run_dir / "evaluation/validation/metrics.json").read_text())
     assert metrics["macro_auc_ovr"] > 0.8  # chance is 0.5; before the fix about 0.4
+
+
+@pytest.mark.slow
+def test_diverged_training_says_so_in_one_line(small_dataset: Path, tmp_path: Path) -> None:
+    # A rate of 1e6 sends the loss to NaN in the first epoch; without the check, training
+    # ended in an unrelated numpy error while computing the calibration error of NaNs.
+    with pytest.raises(ValueError, match=r"training diverged .* lower --learning-rate than "
+                       r"1e\+06, e\.g\. 100000"):
+        train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"), epochs=3,
+                          image_size=64, batch_size=4, workers=1, learning_rate=1e6))
+    history = (tmp_path / "r" / "history.csv").read_text().splitlines()
+    assert len(history) < 1 + 3  # TerminateOnNaN stopped it before the third epoch
+
+
+@pytest.mark.slow
+def test_a_collapsed_model_is_flagged(small_dataset: Path, tmp_path: Path,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    # At rate 10 the loss stays finite but every ReLU dies: the same probabilities for
+    # every film (what `seed` at 1,024 px did at its default rate on the GPU).
+    run_dir = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"),
+                                epochs=2, image_size=64, batch_size=4, workers=1,
+                                learning_rate=10.0))
+    assert json.loads((run_dir / "config.json").read_text())["collapsed"] is True
+    assert "gives every validation image the same probabilities" in caplog.text
+    assert "lower --learning-rate (e.g. 1)" in caplog.text

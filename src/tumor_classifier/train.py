@@ -210,6 +210,8 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages, train_rows: np.
     callbacks: list[Any] = [
         keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+        # A NaN loss never recovers: stop there (the checkpoint keeps the best finite epoch).
+        keras.callbacks.TerminateOnNaN(),
     ]
     if config.patience is not None:
         callbacks.append(
@@ -435,7 +437,14 @@ def train(config: TrainConfig) -> Path:
         plain.set_weights(trained.get_weights())
         plain.save(run_dir / "model.keras")
     val_losses = history.history["val_loss"]
-    best_epoch = int(np.argmin(val_losses)) + 1
+    finite = np.isfinite(val_losses)
+    if not finite.any():
+        raise ValueError(
+            f"{run_dir}: training diverged (the validation loss was NaN or infinite at every "
+            f"epoch), so no usable model was kept. Train again with a lower --learning-rate than "
+            f"{learning_rate:g}, e.g. {learning_rate / 10:g}.")
+    # nanargmin: np.argmin would pick the first NaN epoch of a run that diverged late.
+    best_epoch = int(np.nanargmin(np.where(finite, val_losses, np.nan))) + 1
 
     run_config: dict[str, Any] = {
         "training": config.to_dict(),
@@ -480,6 +489,18 @@ def train(config: TrainConfig) -> Path:
 
     classifier = Classifier.load(run_dir)
     raw = classifier.predict_batch(x_val, calibrated=False)[val_rows]
+    # A model that gives every image the same probabilities ranks nothing (every AUC 0.5).
+    # Seen with `seed` at 1,024 px on the JAX backend (an H200): its 134M-weight dense layer
+    # blew up at rate 1e-3 and the output saturated in all five CV folds. Say so now rather
+    # than let the user find AUC 0.5 later.
+    run_config["collapsed"] = bool(np.ptp(raw, axis=0).max() <= 1e-6)
+    if run_config["collapsed"]:
+        logger.warning(
+            "%s: the kept model gives every validation image the same probabilities (it "
+            "collapsed; validation loss %.2f), so it cannot rank images. Train again with "
+            "a lower --learning-rate (e.g. %g), or for a large --image-size a preset with "
+            "global pooling (mammo_net, resnet_small, efficientnet_lite0).", run_dir,
+            val_losses[best_epoch - 1], learning_rate / 10)
     temperature = fit_temperature(y_val, raw)
     calibrated = apply_temperature(raw, temperature)
     thresholds = {
