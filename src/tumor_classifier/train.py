@@ -493,7 +493,7 @@ def train(config: TrainConfig) -> Path:
     # Seen with `seed` at 1,024 px on the JAX backend (an H200): its 134M-weight dense layer
     # blew up at rate 1e-3 and the output saturated in all five CV folds. Say so now rather
     # than let the user find AUC 0.5 later.
-    run_config["collapsed"] = bool(np.ptp(raw, axis=0).max() <= 1e-6)
+    run_config["collapsed"] = bool(len(raw) > 1 and np.ptp(raw, axis=0).max() <= 1e-6)
     if run_config["collapsed"]:
         logger.warning(
             "%s: the kept model gives every validation image the same probabilities (it "
