@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from tumor_classifier.imaging import load_model_input
-from tumor_classifier.models import build_model
+from tumor_classifier.models import abnormality_log_odds, build_model
 from tumor_classifier.patches import load_annotations, pretrain_on_patches, sample_patches
 
 CLASSES = ("BEN", "CAN", "NOR")
@@ -44,8 +44,10 @@ def film_score(model, path: Path) -> float:
                for column in range(0, SIZE, STRIDE) if image[row, column, 0] > 0.15]
     windows = np.stack([padded[row : row + PATCH, column : column + PATCH]
                         for row, column in centres])
-    normal = model.predict(windows, batch_size=256, verbose=0)[:, CLASSES.index("NOR")]
-    log_odds = np.log(1 - normal + 1e-7) - np.log(normal + 1e-7)
+    # Log-probabilities are logits up to a constant, which the log-odds cancel.
+    log_probabilities = np.log(model.predict(windows, batch_size=256, verbose=0) + 1e-7)
+    log_odds = keras.ops.convert_to_numpy(
+        abnormality_log_odds(log_probabilities, CLASSES.index("NOR")))
     return float(np.sort(log_odds)[::-1][:TOP].mean())
 
 

@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from .models import BN_MOMENTUM
+
 # (kernel, stride, expansion, output channels, repeats) of EfficientNet-B0's seven stages.
 STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
           (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
@@ -69,9 +71,10 @@ def efficientnet_lite0(input_shape: tuple[int, int, int], include_top: bool = Fa
 
 
 def _batch_norm(name: str) -> layers.BatchNormalization:
-    # The TF original's epsilon; models.BN_MOMENTUM's momentum, for training from scratch
-    # on a small dataset (pretrained statistics stay frozen, see models._efficientnet_lite0).
-    return layers.BatchNormalization(epsilon=1e-3, momentum=0.9, name=name)
+    # The TF original's epsilon; the momentum of the other presets, for training from
+    # scratch on a small dataset (pretrained statistics stay frozen, see
+    # models._efficientnet_lite0).
+    return layers.BatchNormalization(epsilon=1e-3, momentum=BN_MOMENTUM, name=name)
 
 
 def imagenet_weights_path() -> Path:

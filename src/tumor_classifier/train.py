@@ -429,6 +429,15 @@ def train(config: TrainConfig) -> Path:
                       loss=_loss(config.loss), metrics=["accuracy"])
         history = _fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
                        num_classes, weights, run_dir, devices)
+    val_losses = history.history["val_loss"]
+    finite = np.isfinite(val_losses)
+    if not finite.any():  # before anything else is done with the kept (NaN) checkpoint
+        raise ValueError(
+            f"{run_dir}: training diverged (the validation loss was NaN or infinite at every "
+            f"epoch), so no usable model was kept. Train again with a lower --learning-rate than "
+            f"{learning_rate:g}, e.g. {learning_rate / 10:g}.")
+    # nanargmin: np.argmin would pick the first NaN epoch of a run that diverged late.
+    best_epoch = int(np.nanargmin(np.where(finite, val_losses, np.nan))) + 1
     if policy != "float32":
         # Weights are float32 under mixed precision anyway: save the kept checkpoint as a
         # plain float32 model, so predict, the app and the exports run it like any other.
@@ -436,15 +445,6 @@ def train(config: TrainConfig) -> Path:
         plain = build_model(config.model, input_shape, num_classes, None, normal_index)
         plain.set_weights(trained.get_weights())
         plain.save(run_dir / "model.keras")
-    val_losses = history.history["val_loss"]
-    finite = np.isfinite(val_losses)
-    if not finite.any():
-        raise ValueError(
-            f"{run_dir}: training diverged (the validation loss was NaN or infinite at every "
-            f"epoch), so no usable model was kept. Train again with a lower --learning-rate than "
-            f"{learning_rate:g}, e.g. {learning_rate / 10:g}.")
-    # nanargmin: np.argmin would pick the first NaN epoch of a run that diverged late.
-    best_epoch = int(np.nanargmin(np.where(finite, val_losses, np.nan))) + 1
 
     run_config: dict[str, Any] = {
         "training": config.to_dict(),
