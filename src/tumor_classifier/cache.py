@@ -31,7 +31,7 @@ from .imaging import ImageReadError, load_model_input
 logger = logging.getLogger(__name__)
 
 # Bump when read_image/preprocess change what they return: old caches are then ignored.
-PREPROCESSING_VERSION = 2
+PREPROCESSING_VERSION = 3  # 3: each image stretched to its own range; dark-only crop
 
 
 def default_cache_dir() -> Path:

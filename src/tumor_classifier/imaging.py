@@ -388,9 +388,13 @@ class CropBox:
 def find_breast(image: np.ndarray) -> CropBox | None:
     """The crop `crop_breast` makes, or None when the image is left whole.
 
-    The largest bright connected region (Otsu threshold on a 256-pixel thumbnail) is the
-    breast; labels and film edges are smaller and fall away. An image without a dark
-    background around that region (already cropped, or not a mammogram) is left whole.
+    On a 256-pixel thumbnail, stretched to its own range and median-filtered (film grain
+    and ultrasound speckle fall away), everything brighter than a quarter of the Otsu
+    threshold is tissue; its largest connected region is the breast, and labels and film
+    edges, smaller, fall away. Only a near-black background is cut: a threshold at Otsu
+    itself (this function's first version) also cut dim tissue, the upper breast of some
+    mini-MIAS films and the deep half of ultrasound images, lesions included. An image
+    whose breast fills 90% of it (already cropped, or not a mammogram) is left whole.
     """
     from scipy import ndimage
 
@@ -399,15 +403,15 @@ def find_breast(image: np.ndarray) -> CropBox | None:
     thumbnail = np.asarray(Image.fromarray(image.astype(np.float32)).resize(
         (max(1, round(width * scale)), max(1, round(height * scale))),
         Image.Resampling.BILINEAR))
-    mask = thumbnail > _otsu_threshold(thumbnail)
-    regions, count = ndimage.label(mask)
+    smooth = ndimage.median_filter(_min_max(thumbnail), size=5)
+    tissue = smooth > _otsu_threshold(smooth) / 4
+    regions, count = ndimage.label(tissue)
     if count == 0:
         return None
-    sizes = ndimage.sum(mask, regions, index=range(1, count + 1))
+    sizes = ndimage.sum(tissue, regions, index=range(1, count + 1))
     breast = regions == int(np.argmax(sizes)) + 1
-    outside = thumbnail[~breast]
-    if breast.mean() > 0.9 or np.median(outside) > 0.5 * np.median(thumbnail[breast]):
-        return None  # no dark background around the region: nothing to crop away
+    if breast.mean() > 0.9:
+        return None  # no background around the breast: nothing to crop away
     rows, columns = np.flatnonzero(breast.any(axis=1)), np.flatnonzero(breast.any(axis=0))
     top, bottom = int(rows[0] / scale), min(int(np.ceil((rows[-1] + 1) / scale)), height)
     left, right = int(columns[0] / scale), min(int(np.ceil((columns[-1] + 1) / scale)), width)
@@ -463,6 +467,10 @@ def preprocess(image: np.ndarray, image_size: int, channels: int,
         image = to_grey(image)
     if crop:
         image = crop_breast(image)
+    # Each image stretched to its own range: a 12-bit mammogram stored in a 16-bit PNG
+    # (0..4095 of 65535) gets the same input as a full-range one. After the crop, so that
+    # a bright film label cut away does not set the scale.
+    image = _min_max(image)
     planes = [image] if image.ndim == 2 else [image[:, :, index] for index in range(3)]
     resized = [
         np.asarray(

@@ -457,6 +457,7 @@ def train(config: TrainConfig) -> Path:
             "resize": ("crop to the breast, flip chest wall left, pad to square"
                        if config.crop_breast else "stretch to square")
             + ", antialiased bilinear",
+            "intensity": "stretched to the image's own range [min, max] -> [0, 1]",
             "image_size": config.image_size,
             "channels": config.channels,
             "crop_breast": config.crop_breast,
