@@ -146,3 +146,15 @@ def test_real_browser_two_sessions(trained_run: Path, prepared_mias: Path,
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_display_stretches_a_12_bit_image_stored_in_16_bits(tmp_path: Path) -> None:
+
+    from conftest import ramp, write_png
+    from tumor_classifier.app import _display_image
+    from tumor_classifier.imaging import read_image
+
+    image = read_image(write_png(tmp_path / "twelve.png", ramp(high=4095)))
+    assert image.max() < 0.07  # read at its true depth: nearly black if shown as is
+    display = _display_image(image)
+    assert display.min() == 0.0 and display.max() == 1.0

@@ -17,7 +17,7 @@ import streamlit as st
 
 from tumor_classifier.config import CLASS_DESCRIPTIONS
 from tumor_classifier.explain import grad_cam, overlay
-from tumor_classifier.imaging import ImageReadError, read_image_and_metadata
+from tumor_classifier.imaging import ImageReadError, read_image_and_metadata, stretch
 from tumor_classifier.predict import Classifier
 
 MAX_UPLOAD_MB = 200
@@ -71,7 +71,9 @@ def model_card(classifier: Classifier) -> None:
 
 
 def _display_image(image: np.ndarray) -> np.ndarray:
-    """The image as read (DICOM windowed, MONOCHROME1 inverted), at most DISPLAY_SIDE."""
+    """The image as read (DICOM windowed, MONOCHROME1 inverted), stretched to its own range
+    as the model input is (a 12-bit image in a 16-bit file is not shown black), at most
+    DISPLAY_SIDE."""
     from PIL import Image
 
     height, width = image.shape[:2]
@@ -81,7 +83,7 @@ def _display_image(image: np.ndarray) -> np.ndarray:
         planes = [image] if image.ndim == 2 else [image[..., i] for i in range(3)]
         image = np.stack([np.asarray(Image.fromarray(plane.astype(np.float32)).resize(
             size, Image.Resampling.BILINEAR)) for plane in planes], axis=-1).squeeze()
-    return np.clip(image, 0.0, 1.0)
+    return stretch(image)
 
 
 def _probability_chart(probabilities: dict[str, float]) -> Any:

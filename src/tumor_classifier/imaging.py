@@ -195,7 +195,7 @@ def _read_pillow(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         if bits == 16:
             scaled = array.astype(np.float32) / 65535.0
         else:
-            scaled = _min_max(array.astype(np.float64))
+            scaled = stretch(array.astype(np.float64))
     elif mode == "F":
         bits = 32
         values = array.astype(np.float64)
@@ -205,7 +205,7 @@ def _read_pillow(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
                 f"{label}: image contains NaN or infinite values; re-export it."
             )
         inside = np.nanmin(values) >= 0.0 and np.nanmax(values) <= 1.0
-        scaled = values.astype(np.float32) if inside else _min_max(values)
+        scaled = values.astype(np.float32) if inside else stretch(values)
     else:
         bits = 8
         scaled = array.astype(np.float32) / 255.0
@@ -213,11 +213,17 @@ def _read_pillow(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     return scaled, metadata
 
 
-def _min_max(values: np.ndarray) -> np.ndarray:
-    low, high = float(np.nanmin(values)), float(np.nanmax(values))
+def stretch(values: np.ndarray) -> np.ndarray:
+    """Values mapped from their own [min, max] to [0, 1], as float32 (a constant array:
+    zeros)."""
+    low, high = float(np.min(values)), float(np.max(values))
     if high == low:
         return np.zeros(values.shape, np.float32)
-    return ((values - low) / (high - low)).astype(np.float32)
+    if values.dtype != np.float32:  # 32-bit integers: subtract at full precision first
+        return ((values - low) / (high - low)).astype(np.float32)
+    result = values - np.float32(low)  # one new array, scaled in place
+    result /= np.float32(high - low)
+    return result
 
 
 def _read_dicom(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
@@ -403,7 +409,7 @@ def find_breast(image: np.ndarray) -> CropBox | None:
     thumbnail = np.asarray(Image.fromarray(image.astype(np.float32)).resize(
         (max(1, round(width * scale)), max(1, round(height * scale))),
         Image.Resampling.BILINEAR))
-    smooth = ndimage.median_filter(_min_max(thumbnail), size=5)
+    smooth = ndimage.median_filter(stretch(thumbnail), size=5)
     tissue = smooth > _otsu_threshold(smooth) / 4
     regions, count = ndimage.label(tissue)
     if count == 0:
@@ -470,7 +476,7 @@ def preprocess(image: np.ndarray, image_size: int, channels: int,
     # Each image stretched to its own range: a 12-bit mammogram stored in a 16-bit PNG
     # (0..4095 of 65535) gets the same input as a full-range one. After the crop, so that
     # a bright film label cut away does not set the scale.
-    image = _min_max(image)
+    image = stretch(image)
     planes = [image] if image.ndim == 2 else [image[:, :, index] for index in range(3)]
     resized = [
         np.asarray(
