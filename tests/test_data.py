@@ -44,3 +44,22 @@ def test_scan_errors_name_the_folder_and_the_fix(tmp_path: Path) -> None:
     root = _dataset(tmp_path / "e", {"BEN": 1, "CAN": 1, "NOR": 1, "OTHER": 1})
     with pytest.raises(ValueError, match=r"unexpected folder\(s\) OTHER; the model's classes"):
         scan_folder(root, ("BEN", "CAN", "NOR"))
+
+
+def test_segmentation_masks_beside_the_images_are_skipped_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Breast-ultrasound sets ship each image's mask beside it; a normal case's mask is
+    # empty (constant), which would otherwise stop training as an unreadable image.
+    root = _dataset(tmp_path / "d", {"BEN": 1, "NOR": 1})
+    write_png(root / "BEN" / "benign (1)_mask.png", ramp(dtype=np.uint8, high=255))
+    write_png(root / "BEN" / "benign (1)_mask_1.png", ramp(dtype=np.uint8, high=255))
+    write_png(root / "NOR" / "normal (1)_MASK.png", np.zeros((32, 32), np.uint8))
+    write_png(root / "NOR" / "unmasked.png", ramp(dtype=np.uint8, high=255))  # an image
+    with caplog.at_level("WARNING"):
+        folder = scan_folder(root)
+    assert sorted(path.name for path in folder.files) == ["img0.png", "img0.png", "unmasked.png"]
+    assert [record.message for record in caplog.records if "mask" in record.message] == [
+        f"{root}: ignored 3 segmentation mask(s) (names ending in _mask), e.g. "
+        f"{root / 'BEN' / 'benign (1)_mask.png'}; masks are not images to classify"
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,16 @@ def _visible(name: str) -> bool:
     return not name.startswith((".", "__"))
 
 
+# Segmentation masks stored beside their images, as breast-ultrasound sets ship them
+# ("benign (1)_mask.png", "benign (1)_mask_1.png"): masks are not images to classify, and
+# the empty masks of normal cases would stop training as constant images.
+_MASK_NAME = re.compile(r"[_ -]mask(?:[_ -]?\d+)?$", re.IGNORECASE)
+
+
+def _is_mask(path: Path) -> bool:
+    return bool(_MASK_NAME.search(path.stem))
+
+
 def _is_image_file(path: Path) -> bool:
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return True
@@ -43,14 +54,15 @@ def _is_image_file(path: Path) -> bool:
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image files under `folder` (recursively, sorted) and the other files that were skipped."""
+    """Image files under `folder` (recursively, sorted) and the other files that were skipped
+    (not images, or segmentation masks named like `*_mask.png`)."""
     images: list[Path] = []
     skipped: list[Path] = []
     for path in sorted(folder.rglob("*")):
         parts = path.relative_to(folder).parts
         if not path.is_file() or not all(_visible(part) for part in parts):
             continue
-        (images if _is_image_file(path) else skipped).append(path)
+        (images if _is_image_file(path) and not _is_mask(path) else skipped).append(path)
     return images, skipped
 
 
@@ -118,9 +130,16 @@ def scan_folder(root: Path | str, class_names: Sequence[str] | None = None) -> I
             )
         files += images
         labels += [index] * len(images)
-    if skipped_all:
+    masks = [path for path in skipped_all if _is_mask(path)]
+    others = [path for path in skipped_all if not _is_mask(path)]
+    if masks:
+        logger.warning(
+            "%s: ignored %d segmentation mask(s) (names ending in _mask), e.g. %s; masks are "
+            "not images to classify", root, len(masks), masks[0],
+        )
+    if others:
         logger.warning(
             "%s: ignored %d file(s) that are not images, e.g. %s",
-            root, len(skipped_all), skipped_all[0],
+            root, len(others), others[0],
         )
     return ImageFolder(root, names, tuple(files), tuple(labels))
