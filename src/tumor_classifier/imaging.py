@@ -399,7 +399,7 @@ def find_breast(image: np.ndarray) -> CropBox | None:
     threshold is tissue; its largest connected region is the breast, and labels and film
     edges, smaller, fall away. Only a near-black background is cut: a threshold at Otsu
     itself (this function's first version) also cut dim tissue, the upper breast of some
-    mini-MIAS films and the deep half of ultrasound images, lesions included. An image
+    mini-MIAS films and the deep part of ultrasound-like frames, lesions included. An image
     whose breast fills 90% of it (already cropped, or not a mammogram) is left whole.
     """
     from scipy import ndimage
