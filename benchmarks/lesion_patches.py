@@ -30,7 +30,12 @@ from sklearn.metrics import roc_auc_score
 
 from tumor_classifier.imaging import load_model_input
 from tumor_classifier.models import abnormality_log_odds, build_model
-from tumor_classifier.patches import load_annotations, pretrain_on_patches, sample_patches
+from tumor_classifier.patches import (
+    TISSUE_LEVEL,
+    load_annotations,
+    pretrain_on_patches,
+    sample_patches,
+)
 
 CLASSES = ("BEN", "CAN", "NOR")
 SIZE, PATCH, STRIDE, TOP = 256, 64, 16, 3
@@ -41,7 +46,7 @@ def film_score(model, path: Path) -> float:
     image = load_model_input(path, SIZE, 1, crop=True)
     padded = np.pad(image, ((PATCH // 2, PATCH // 2), (PATCH // 2, PATCH // 2), (0, 0)))
     centres = [(row, column) for row in range(0, SIZE, STRIDE)
-               for column in range(0, SIZE, STRIDE) if image[row, column, 0] > 0.15]
+               for column in range(0, SIZE, STRIDE) if image[row, column, 0] > TISSUE_LEVEL]
     windows = np.stack([padded[row : row + PATCH, column : column + PATCH]
                         for row, column in centres])
     # Log-probabilities are logits up to a constant, which the log-odds cancel.

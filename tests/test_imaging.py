@@ -453,10 +453,13 @@ def test_crop_of_an_ultrasound_like_frame_keeps_the_deep_tissue_and_the_mass() -
         assert 70 <= box.left <= 90 and 550 <= box.right <= 570, box
 
 
-def test_12_bit_data_in_a_16_bit_png_gives_the_same_model_input(tmp_path: Path) -> None:
-    texture = np.random.default_rng(0).random((96, 80))
-    full = write_png(tmp_path / "full.png", np.round(texture * 65535).astype(np.uint16))
-    twelve = write_png(tmp_path / "twelve.png", np.round(texture * 4095).astype(np.uint16))
+def test_12_bit_data_in_a_16_bit_png_gives_the_same_model_input(tmp_path: Path,
+                                                                 mias_dir: Path) -> None:
+    # A real film stored as a 12-bit mammogram usually is (0..4095 in a 16-bit PNG) and
+    # at the full 16-bit range.
+    film = read_image(mias_dir / "mdb028.pgm").astype(np.float64)
+    full = write_png(tmp_path / "full.png", np.round(film * 65535).astype(np.uint16))
+    twelve = write_png(tmp_path / "twelve.png", np.round(film * 4095).astype(np.uint16))
     assert read_image(twelve).max() < 0.07  # read at its true bit depth...
     for crop in (False, True):  # ...and stretched to its own range before the model
         np.testing.assert_allclose(load_model_input(twelve, 32, 1, crop=crop),

@@ -20,6 +20,10 @@ from .imaging import ImageReadError, crop_to, find_breast, preprocess, read_imag
 
 logger = logging.getLogger(__name__)
 
+# Model-input level above which a pixel is breast tissue, not background (inputs are
+# stretched to [0, 1]); the patch sampler and the lesion-patch benchmark share it.
+TISSUE_LEVEL = 0.15
+
 
 def load_annotations(data_dir: Path) -> dict[Path, list[tuple[float, float, float]]]:
     """Lesion circles per file (resolved path), from `DATA_DIR/annotations.csv`."""
@@ -81,7 +85,7 @@ def sample_patches(
         model_input = preprocess(crop_to(to_grey(image), box) if crop else image,
                                  image_size, channels)
         if label == normal:
-            tissue = np.argwhere(model_input[..., 0] > 0.15)  # breast, not background
+            tissue = np.argwhere(model_input[..., 0] > TISSUE_LEVEL)
             if len(tissue) == 0:
                 continue
             for row, column in tissue[rng.integers(0, len(tissue), per_normal_image)]:
