@@ -51,6 +51,17 @@ def trained_run(prepared_mias: Path, tmp_path_factory: pytest.TempPathFactory) -
                              image_size=128, crop_breast=False))
 
 
+@pytest.fixture(scope="session")
+def paired_run(prepared_mias: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `seed` model trained for one epoch with each film's other breast (64x64, crop)."""
+    from tumor_classifier.config import TrainConfig
+    from tumor_classifier.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "paired"
+    return train(TrainConfig(data_dir=str(prepared_mias), out=str(out), epochs=1, workers=2,
+                             image_size=64, other_breast=True))
+
+
 @pytest.fixture
 def small_dataset(prepared_mias: Path, tmp_path: Path) -> Path:
     """A writable copy of a few real films per class and split (for bad-input tests)."""

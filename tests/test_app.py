@@ -158,3 +158,21 @@ def test_display_stretches_a_12_bit_image_stored_in_16_bits(tmp_path: Path) -> N
     assert image.max() < 0.07  # read at its true depth: nearly black if shown as is
     display = _display_image(image)
     assert display.min() == 0.0 and display.max() == 1.0
+
+
+@pytest.mark.slow
+def test_a_model_with_the_other_breast_asks_for_both_films(
+    paired_run: Path, prepared_mias: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _app(paired_run, monkeypatch)
+    assert len(app.file_uploader) == 2
+    film, other = prepared_mias / "test/BEN/mdb019.png", prepared_mias / "test/NOR/mdb020.png"
+    app.file_uploader[0].set_value((film.name, film.read_bytes(), "image/png")).run()
+    assert not app.exception and not app.subheader  # waits for the other breast
+    app.file_uploader[1].set_value((other.name, other.read_bytes(), "image/png")).run()
+    assert not app.exception and not app.error
+    expected = Classifier.load(paired_run).predict([film], other_breasts=[other])[0]
+    shown = _probabilities(app.table[0])
+    for name, value in expected.probabilities.items():
+        assert shown[name] == pytest.approx(value, abs=1e-6)
+    assert app.subheader[0].value.startswith(f"{film.name}: ")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 from collections import Counter
 from pathlib import Path
@@ -52,3 +53,21 @@ def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path) -> Non
     assert "pooled [95% CI]" in format_cv(summary)
     # the source dataset was only linked to, never modified
     assert sum(1 for _ in prepared_mias.rglob("*.png")) == 240
+
+
+@pytest.mark.slow
+def test_cross_validation_with_the_other_breast(prepared_mias: Path, tmp_path: Path) -> None:
+    config = TrainConfig(data_dir="", out="", epochs=1, image_size=32, workers=1,
+                         other_breast=True)
+    summary = cross_validate(prepared_mias, tmp_path / "cv", config, folds=2)
+    assert summary["pooled_out_of_fold"]["n"] == 240  # every film had its other breast
+    for fold in (1, 2):
+        data = tmp_path / "cv" / f"fold{fold}" / "data"
+        with (data / "split.csv").open() as handle:
+            rows = {row["file"]: row for row in csv.DictReader(handle)}
+        for row in rows.values():  # the other breast followed its film into the fold
+            other = rows[row["other_breast"]]
+            assert other["patient_id"] == row["patient_id"] and other["split"] == row["split"]
+            assert other["file"] != row["file"]
+        assert json.loads((tmp_path / "cv" / f"fold{fold}" / "run" / "config.json")
+                          .read_text())["input_shape"] == [32, 32, 2]

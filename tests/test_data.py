@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import ramp, write_png
-from tumor_classifier.data import scan_folder
+from tumor_classifier.cache import WithOtherBreast
+from tumor_classifier.data import other_breast_rows, scan_folder
 
 
 def _dataset(root: Path, classes: dict[str, int]) -> Path:
@@ -63,3 +64,37 @@ def test_segmentation_masks_beside_the_images_are_skipped_with_one_warning(
         f"{root}: ignored 3 segmentation mask(s) (names ending in _mask), e.g. "
         f"{root / 'BEN' / 'benign (1)_mask.png'}; masks are not images to classify"
     ]
+
+
+def test_other_breast_rows_pair_films_and_name_every_problem(tmp_path: Path) -> None:
+    (tmp_path / "split.csv").write_text(
+        "file,label,patient_id,split,other_breast\n"
+        "train/NOR/a_left.png,NOR,a,train,train/BEN/a_right.png\n"
+        "train/BEN/a_right.png,BEN,a,train,train/NOR/a_left.png\n"
+        "train/NOR/b_left.png,NOR,b,train,train/NOR/b_right.png\n"
+        "train/NOR/b_right.png,NOR,b,train,train/NOR/b_left.png\n"
+        "train/CAN/c_left.png,CAN,c,train,\n")
+    split = tmp_path / "train"
+    files = [split / "BEN/a_right.png", split / "CAN/c_left.png", split / "NOR/a_left.png",
+             split / "NOR/b_left.png", split / "NOR/b_right.png"]
+    others, problems = other_breast_rows(files, split, unreadable=[4])
+    assert others[0] == 2 and others[2] == 0
+    assert set(problems) == {1, 3}  # c has no other film; b's other film did not decode
+    assert problems[1].startswith(f"{files[1]}: no other breast beside it")
+    assert problems[3] == f"{files[3]}: its other breast b_right.png could not be read."
+    assert others[1] == 1 and others[3] == 3  # left pointing at themselves
+    (tmp_path / "split.csv").write_text("file,label,patient_id,split\n")
+    with pytest.raises(ValueError, match=r"no split.csv with an other_breast column"):
+        other_breast_rows(files, split)
+
+
+def test_with_other_breast_puts_the_other_film_behind_the_channels() -> None:
+    images = np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2, 1)
+    paired = WithOtherBreast(images, np.array([1, 0, 2]))
+    assert len(paired) == 3
+    batch = paired[np.array([0, 2])]
+    assert batch.shape == (2, 2, 2, 2)
+    np.testing.assert_array_equal(batch[0, ..., 0], images[0, ..., 0])
+    np.testing.assert_array_equal(batch[0, ..., 1], images[1, ..., 0])
+    np.testing.assert_array_equal(batch[1, ..., 1], images[2, ..., 0])
+    np.testing.assert_array_equal(paired[1:2][0, ..., 1], images[0, ..., 0])

@@ -93,3 +93,16 @@ def test_prepare_never_touches_the_source_and_refuses_a_full_dest(
     assert hashlib.sha256((mias_dir / "mdb001.pgm").read_bytes()).hexdigest() == digest
     with pytest.raises(FileNotFoundError, match="no Info.txt"):
         prepare_mini_mias(prepared_mias, prepared_mias.parent / "x")
+
+
+def test_prepare_names_each_films_other_breast(prepared_mias: Path) -> None:
+    rows = _rows(prepared_mias)
+    by_file = {row["file"]: row for row in rows}
+    assert len(rows) == 240
+    for row in rows:
+        other = by_file[row["other_breast"]]
+        # the same woman, the same split, the other film, and the pairing is mutual
+        assert other["patient_id"] == row["patient_id"] and other["split"] == row["split"]
+        assert other["file"] != row["file"] and other["other_breast"] == row["file"]
+    first = next(row for row in rows if row["file"].endswith("/mdb001.png"))
+    assert first["other_breast"].endswith("/mdb002.png")

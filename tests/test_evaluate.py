@@ -68,3 +68,43 @@ def test_evaluate_default_out_and_bad_folders(trained_run: Path, prepared_mias: 
         evaluate(trained_run, prepared_mias)
     with pytest.raises(FileNotFoundError, match="no model.keras; pass a run directory"):
         evaluate(prepared_mias, prepared_mias / "test")
+
+
+@pytest.mark.slow
+def test_a_model_with_the_other_breast_pairs_each_film_with_its_own_woman(
+        paired_run: Path, trained_run: Path, prepared_mias: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from tumor_classifier.cli import main
+
+    config = json.loads((paired_run / "config.json").read_text())
+    assert config["input_shape"] == [64, 64, 2] and config["preprocessing"]["other_breast"]
+    assert (paired_run / "evaluation" / "validation" / "predictions.csv").is_file()
+    test_dir = prepared_mias / "test"
+    metrics = evaluate(paired_run, test_dir, tmp_path / "report")
+    assert metrics["n"] == 46 and not metrics["unreadable"]
+    with (prepared_mias / "split.csv").open() as handle:
+        other = {(prepared_mias / row["file"]).resolve(): prepared_mias / row["other_breast"]
+                 for row in csv.DictReader(handle)}
+    with (tmp_path / "report" / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))[::9]
+    films = [Path(row["file"]) for row in rows]
+    classifier = Classifier.load(paired_run)
+    partners = [other[film.resolve()] for film in films]
+    results = classifier.predict(films, other_breasts=partners)
+    for row, result in zip(rows, results, strict=True):
+        for name in ("BEN", "CAN", "NOR"):
+            assert float(row[f"prob_{name}"]) == pytest.approx(result.probabilities[name],
+                                                               abs=1e-5)
+    # Paired with another woman's film, the same film gets other probabilities: the
+    # second image is used, and evaluate paired each film with its own woman's.
+    swapped = classifier.predict(films[:1], other_breasts=partners[1:2])[0]
+    assert swapped.probabilities != results[0].probabilities
+
+    assert main(["predict", str(paired_run), str(films[0]),
+                 "--other-breast", str(partners[0])]) == 0
+    assert f"{films[0]}: {results[0].prediction}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="compares both breasts of a woman"):
+        classifier.predict(films[:1])
+    assert main(["predict", str(trained_run), str(films[0]),
+                 "--other-breast", str(partners[0])]) == 2
+    assert "this model classifies one film" in capsys.readouterr().err

@@ -101,3 +101,16 @@ def test_onnx_export_runs_augmented_batchnorm_presets_in_inference_mode(
     got = session.run(None, {session.get_inputs()[0].name: images})[0]
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert keras.config.dtype_policy().name == "float32"
+
+
+@pytest.mark.slow
+def test_onnx_of_a_model_with_the_other_breast(paired_run: Path, prepared_mias: Path,
+                                               tmp_path: Path) -> None:
+    pytest.importorskip("tf2onnx")
+    onnx_classifier = load_onnx_classifier(export(paired_run, tmp_path / "m.onnx", "onnx"))
+    films = [prepared_mias / "test/BEN/mdb019.png", prepared_mias / "test/NOR/mdb020.png"]
+    expected = Classifier.load(paired_run).predict(films, other_breasts=films[::-1])
+    for keras_result, onnx_result in zip(expected, onnx_classifier.predict(
+            films, other_breasts=films[::-1]), strict=True):
+        for name, value in keras_result.probabilities.items():
+            assert onnx_result.probabilities[name] == pytest.approx(value, abs=1e-4)

@@ -90,3 +90,22 @@ def test_openapi_contract(api_schema) -> None:  # type: ignore[no-untyped-def]
             case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
         check()
+
+
+@pytest.mark.slow
+def test_a_model_with_the_other_breast_takes_both_uploads(paired_run: Path,
+                                                          prepared_mias: Path) -> None:
+    client = TestClient(create_app(paired_run))
+    film, other = prepared_mias / "test/BEN/mdb019.png", prepared_mias / "test/NOR/mdb020.png"
+    answer = client.post("/v1/predict?heatmap=true", files={
+        "file": (film.name, film.read_bytes(), "image/png"),
+        "other_breast": (other.name, other.read_bytes(), "image/png")})
+    assert answer.status_code == 200
+    expected = Classifier.load(paired_run).predict([film], other_breasts=[other])[0]
+    for name, value in expected.probabilities.items():
+        assert answer.json()["probabilities"][name] == pytest.approx(value, abs=1e-6)
+    assert answer.json()["heatmap_png_base64"]
+    alone = client.post("/v1/predict", files={"file": (film.name, film.read_bytes(),
+                                                       "image/png")})
+    assert alone.status_code == 400 and "both breasts" in alone.json()["detail"]
+    assert client.get("/v1/model").json()["input_shape"] == [64, 64, 2]

@@ -244,3 +244,14 @@ def test_a_collapsed_model_is_flagged(small_dataset: Path, tmp_path: Path,
     assert json.loads((run_dir / "config.json").read_text())["collapsed"] is True
     assert "gives every validation image the same probabilities" in caplog.text
     assert "lower --learning-rate (e.g. 1)" in caplog.text
+
+
+def test_other_breast_refuses_what_it_cannot_pair(small_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"--other-breast needs a preset trained from scratch"):
+        train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "a"),
+                          model="efficientnet_lite0", other_breast=True))
+    # class folders without split.csv: one line saying what is missing and what to do
+    with pytest.raises(ValueError, match=r"no split.csv with an other_breast column"):
+        train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "b"),
+                          image_size=32, epochs=1, workers=1, other_breast=True))
+    assert not (tmp_path / "b" / "model.keras").exists()

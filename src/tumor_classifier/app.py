@@ -48,7 +48,8 @@ def model_card(classifier: Classifier) -> None:
     st.sidebar.markdown(
         f"- **Model**: `{config.get('model', '?')}`, {config.get('parameters', 0):,} parameters\n"
         f"- **Classes** (output order): {', '.join(classifier.class_names)}\n"
-        f"- **Input**: {classifier.image_size}×{classifier.image_size}×{classifier.channels}\n"
+        f"- **Input**: {classifier.image_size}×{classifier.image_size}×{classifier.channels}"
+        + (" and the same woman's other breast\n" if classifier.other_breast else "\n") +
         f"- **Trained**: {str(config.get('finished', '?'))[:10]}\n"
         f"- **Temperature** (calibration): {classifier.temperature:.2f}"
     )
@@ -98,15 +99,21 @@ def _probability_chart(probabilities: dict[str, float]) -> Any:
     ).properties(height=40 * len(rows))
 
 
-def show_result(classifier: Classifier, name: str, data: bytes, opacity: float) -> None:
+def show_result(classifier: Classifier, name: str, data: bytes, opacity: float,
+                other_breast: tuple[str, bytes] | None = None) -> None:
+    """Classify one upload and show the decision, probabilities and Grad-CAM; a model
+    trained with --other-breast also gets `other_breast` (name, bytes)."""
     import io
 
     try:
         image, metadata = read_image_and_metadata(io.BytesIO(data), name)
+        other = None
+        if other_breast is not None:
+            other = read_image_and_metadata(io.BytesIO(other_breast[1]), other_breast[0])[0]
     except ImageReadError as error:
         st.error(str(error))
         return
-    model_input = classifier.preprocess(image)
+    model_input = classifier.preprocess(image, other)
     result = classifier.predict_input(model_input, name, metadata)
     assert result.prediction is not None
     decision = CLASS_DESCRIPTIONS.get(result.prediction, result.prediction)
@@ -149,19 +156,31 @@ def main() -> None:
         st.stop()
     classifier = load_classifier(run_dir)
     model_card(classifier)
-    uploads = st.file_uploader(
-        "Upload mammograms (PNG, JPEG, TIFF, PGM or DICOM; nothing is stored)",
-        type=UPLOAD_TYPES, accept_multiple_files=True)
+    other_breast = None
+    if classifier.other_breast:
+        # This model compares a woman's two breasts: one film and its counterpart.
+        single = st.file_uploader(
+            "Upload the mammogram to classify (PNG, JPEG, TIFF, PGM or DICOM; nothing is "
+            "stored)", type=UPLOAD_TYPES)
+        other = st.file_uploader("and the same woman's other breast (same view)",
+                                 type=UPLOAD_TYPES)
+        uploads = [single] if single else []
+        if other is not None:
+            other_breast = (other.name, other.getvalue())
+    else:
+        uploads = st.file_uploader(
+            "Upload mammograms (PNG, JPEG, TIFF, PGM or DICOM; nothing is stored)",
+            type=UPLOAD_TYPES, accept_multiple_files=True)
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05)
-    if not uploads:
+    if not uploads or (classifier.other_breast and other_breast is None):
         st.stop()
     for upload in uploads:
         data = upload.getvalue()
-        if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
-            st.error(f"{upload.name}: {len(data) / 1e6:.0f} MB is over the {MAX_UPLOAD_MB} MB "
-                     "limit; downsample or crop the image first.")
+        if max(len(data), len(other_breast[1]) if other_breast else 0) > MAX_UPLOAD_MB * 2**20:
+            st.error(f"{upload.name}: over the {MAX_UPLOAD_MB} MB limit; downsample or crop "
+                     "the image first.")
             continue
-        show_result(classifier, upload.name, data, opacity)
+        show_result(classifier, upload.name, data, opacity, other_breast)
 
 
 # Streamlit runs this file as __main__. The guard keeps other importers (multiprocessing's

@@ -236,3 +236,21 @@ def cache_images(
         except OSError:
             logger.debug("could not remove superseded cache array %s", old_array)
     return CachedImages(folder / array_name, shape, failures)
+
+
+class WithOtherBreast:
+    """`images[i]` with `images[others[i]]` as further channels: (k, size, size, 2 x c).
+
+    Indexable like the cached images it wraps, so training batches, validation and
+    `Classifier.predict_batch` read pairs without a second cache or copy.
+    """
+
+    def __init__(self, images: Any, others: np.ndarray) -> None:
+        self.images, self.others = images, others
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        rows = np.arange(len(self.images))[index]
+        return np.concatenate([self.images[rows], self.images[self.others[rows]]], axis=-1)

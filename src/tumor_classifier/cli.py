@@ -75,6 +75,10 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
     parser.add_argument("--crop-breast", action=argparse.BooleanOptionalAction,
                         default=defaults.crop_breast,
                         help="crop to the breast and flip to one orientation first")
+    parser.add_argument("--other-breast", action=argparse.BooleanOptionalAction,
+                        default=defaults.other_breast,
+                        help="give the model the woman's other breast too (split.csv's "
+                        "other_breast column; prepare mini-mias writes it)")
     parser.add_argument("--cache-dir", default=None,
                         help="decoded-image cache (default: ~/.cache/tumor-classifier)")
     parser.add_argument("--skip-unreadable", action="store_true",
@@ -131,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="average over the image and its horizontal flip")
     predict.add_argument("--heatmap", type=Path, default=None,
                          help="write the Grad-CAM overlay of the (single) file to this PNG")
+    predict.add_argument("--other-breast", type=Path, action="append", default=None,
+                         metavar="FILE",
+                         help="models trained with --other-breast: the same woman's other "
+                         "breast, once per image file, in the same order")
 
     export = commands.add_parser("export", help="export a run to ONNX or a SavedModel")
     export.add_argument("run_dir", type=Path)
@@ -160,7 +168,7 @@ def _prepare(args: argparse.Namespace) -> int:
         total = sum(per_class.values())
         listing = "  ".join(f"{name} {count}" for name, count in per_class.items())
         print(f"{split:<11} {total:4d}   {listing}")
-    print(f"wrote {args.dest} (split.csv: file,label,patient_id,split)")
+    print(f"wrote {args.dest} (split.csv: file,label,patient_id,split,other_breast)")
     return 0
 
 
@@ -222,7 +230,11 @@ def _predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no image files in {', '.join(map(str, paths))}")
     if args.heatmap and len(files) != 1:
         raise ValueError(f"--heatmap needs exactly one image file, got {len(files)}.")
-    results = classifier.predict(files)
+    others = args.other_breast
+    if others is not None and not classifier.other_breast:
+        raise ValueError("--other-breast: this model classifies one film; it was not trained "
+                         "with --other-breast.")
+    results = classifier.predict(files, other_breasts=others)
     names = classifier.class_names
     for result in results:
         if result.error:
@@ -240,7 +252,8 @@ def _predict(args: argparse.Namespace) -> int:
                     writer.writerow([result.file, result.prediction]
                                     + [f"{result.probabilities[name]:.6f}" for name in names])
     if args.heatmap and not results[0].error:
-        _write_heatmap(classifier, files[0], results[0].prediction, args.heatmap)
+        _write_heatmap(classifier, files[0], results[0].prediction, args.heatmap,
+                       others[0] if others else None)
     failed = sum(1 for result in results if result.error)
     if failed:
         print(f"{failed} of {len(results)} file(s) could not be read (see the lines above).",
@@ -249,14 +262,16 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_heatmap(classifier: Any, file: Path, prediction: str | None, out: Path) -> None:
+def _write_heatmap(classifier: Any, file: Path, prediction: str | None, out: Path,
+                   other_breast: Path | None = None) -> None:
     from PIL import Image
 
     from .explain import grad_cam, overlay
     from .imaging import read_image
 
     image = read_image(file)
-    heatmap = grad_cam(classifier.model, classifier.preprocess(image),
+    other = read_image(other_breast) if other_breast else None
+    heatmap = grad_cam(classifier.model, classifier.preprocess(image, other),
                        classifier.class_names.index(prediction),
                        classifier.config.get("gradcam_layer"))
     Image.fromarray(overlay(image, heatmap)).save(out)

@@ -40,6 +40,10 @@ class TrainConfig:
     # (imaging.crop_breast; images without background around them are left whole);
     # --no-crop-breast stretches the whole image, as the original did.
     crop_breast: bool = True
+    # Give the model the same woman's other breast (same view) as further input channels,
+    # named by split.csv's other_breast column: radiologists compare the two breasts.
+    # Off by default: most class-folder datasets do not say which films are a pair.
+    other_breast: bool = False
     epochs: int = 10
     batch_size: int = 32
     # None: 1e-3, or 1e-4 when a preset starts from pretrained weights (fine-tuning at a

@@ -37,6 +37,8 @@ class Sample:
     path: Path
     label: str
     patient: str
+    # The same woman's other breast (split.csv's optional other_breast column).
+    other_breast: Path | None = None
 
 
 def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]:
@@ -59,16 +61,19 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]
     if not rows or "file" not in rows[0] or "patient_id" not in rows[0]:
         raise ValueError(f"{table}: expected the columns file,patient_id (and label).")
     patients = {(data_dir / row["file"]).resolve(): row["patient_id"] for row in rows}
+    others = {(data_dir / row["file"]).resolve(): data_dir / row["other_breast"]
+              for row in rows if row.get("other_breast")}
     if groups_csv is None:
-        return [Sample(data_dir / row["file"], row["label"], row["patient_id"])
-                for row in rows]
+        return [Sample(data_dir / row["file"], row["label"], row["patient_id"],
+                       others.get((data_dir / row["file"]).resolve())) for row in rows]
     folder = scan_folder(data_dir)
     samples = []
     for path, label in zip(folder.files, folder.labels, strict=True):
         patient = patients.get(path.resolve())
         if patient is None:
             raise ValueError(f"{table}: no patient_id for {path.relative_to(data_dir)}.")
-        samples.append(Sample(path, folder.class_names[label], patient))
+        samples.append(Sample(path, folder.class_names[label], patient,
+                              others.get(path.resolve())))
     return samples
 
 
@@ -146,26 +151,34 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         fold_dir = out / f"fold{fold + 1}"
         rows = []
         link_sources: dict[str, Path] = {}
+        in_fold: dict[Path, str] = {}  # source file -> its name in the fold
         for part, indices in zip(("train", "validation", "test"), split, strict=True):
             for index in indices:
                 sample = samples[index]
                 name = f"{sample.patient}__{sample.path.name}"
-                relative = Path(part) / sample.label / name
+                relative = (Path(part) / sample.label / name).as_posix()
                 _link(sample.path, fold_dir / "data" / relative)
-                rows.append([relative.as_posix(), sample.label, sample.patient, part])
-                link_sources[relative.as_posix()] = sample.path.resolve()
+                rows.append([relative, sample.label, sample.patient, part])
+                link_sources[relative] = sample.path.resolve()
+                in_fold[sample.path.resolve()] = relative
+        # The other breast follows its film into the fold (the same part: folds are by
+        # patient); an empty cell where it is not in the dataset.
+        for row, sample in zip(rows, (samples[i] for indices in split for i in indices),
+                               strict=True):
+            other = sample.other_breast
+            row.append(in_fold.get(other.resolve(), "") if other else "")
         if circles:  # lesion circles follow their films into the fold
             with (fold_dir / "data" / "annotations.csv").open(
                     "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(["file", "x", "y", "radius"])
-                for relative, _, _, _ in rows:
+                for relative, *_ in rows:
                     source = link_sources[relative]
                     for x, y, radius in circles.get(source, []):
                         writer.writerow([relative, x, y, radius])
         with (fold_dir / "data" / "split.csv").open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["file", "label", "patient_id", "split"])
+            writer.writerow(["file", "label", "patient_id", "split", "other_breast"])
             writer.writerows(rows)
         from .evaluate import evaluate
         from .train import train

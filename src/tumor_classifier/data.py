@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from .datasets import SPLITS
 from .imaging import IMAGE_EXTENSIONS, is_dicom
@@ -143,3 +146,54 @@ def scan_folder(root: Path | str, class_names: Sequence[str] | None = None) -> I
             root, len(others), others[0],
         )
     return ImageFolder(root, names, tuple(files), tuple(labels))
+
+
+def read_split_table(data_dir: Path) -> tuple[Path, list[dict[str, str]]] | None:
+    """The `split.csv` next to or above `data_dir` (as `prepare` writes it, for the whole
+    dataset or for one split folder): its folder, which the `file` column is relative to,
+    and its rows. None when there is none."""
+    for folder in (data_dir, data_dir.parent):
+        table = folder / "split.csv"
+        if table.is_file():
+            with table.open(encoding="utf-8") as handle:
+                return folder, list(csv.DictReader(handle))
+    return None
+
+
+def other_breast_rows(files: Sequence[Path], data_dir: Path,
+                      unreadable: Sequence[int] = ()) -> tuple[np.ndarray, dict[int, str]]:
+    """For every file, the index in `files` of the same woman's other breast (same view),
+    from the `other_breast` column of `split.csv` (`prepare mini-mias` writes it).
+
+    Returns the indices (a file's own index where there is no other breast) and, for the
+    files without a readable other breast among `files`, one message each.
+
+    Raises:
+        ValueError: no split.csv, or one without the other_breast column.
+    """
+    table = read_split_table(Path(data_dir))
+    if table is None or not table[1] or "other_breast" not in table[1][0]:
+        raise ValueError(
+            f"{data_dir}: no split.csv with an other_breast column beside or above it, so the "
+            "films cannot be paired with the other breast. Run `tumor-classifier prepare` "
+            "again (it writes one), or add the column (file,...,other_breast: the same "
+            "woman's other breast, same view, relative to split.csv).")
+    folder, rows = table
+    others = {(folder / row["file"]).resolve(): (folder / row["other_breast"]).resolve()
+              for row in rows if row.get("other_breast")}
+    position = {Path(path).resolve(): index for index, path in enumerate(files)}
+    result = np.arange(len(files))
+    problems: dict[int, str] = {}
+    for index, path in enumerate(files):
+        other = others.get(Path(path).resolve())
+        if other is None or other not in position:
+            problems[index] = (
+                f"{path}: no other breast beside it (split.csv's other_breast column names "
+                "a film of the same split); a model trained with --other-breast compares "
+                "both breasts of a woman. Add the film, or use a model trained without it.")
+        elif position[other] in unreadable:
+            problems[index] = f"{path}: its other breast {other.name} could not be read."
+        else:
+            result[index] = position[other]
+    return result, problems
+

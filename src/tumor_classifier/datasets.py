@@ -3,7 +3,7 @@
 The layout every other command reads:
 
     DEST/{train,validation,test}/{BEN,CAN,NOR}/*.png
-    DEST/split.csv          file,label,patient_id,split
+    DEST/split.csv          file,label,patient_id,split,other_breast
     DEST/annotations.csv    file,x,y,radius (lesion circles, image coordinates, origin top-left)
 """
 
@@ -210,13 +210,18 @@ def prepare_mini_mias(
             image.save(target, format="PNG", compress_level=3)
             height = image.size[1]
         counts[split][film.label] += 1
-        split_rows.append([relative, film.label, film.patient_id, split])
+        # mini-MIAS pairs a woman's films: mdb001 and mdb002, mdb003 and mdb004, ...
+        number = int(reference[3:])
+        other = f"mdb{number + 1 if number % 2 else number - 1:03d}"
+        other_relative = (f"{split}/{films[other].label}/{other}.png" if other in present
+                          else "")
+        split_rows.append([relative, film.label, film.patient_id, split, other_relative])
         for x, y, radius in film.circles:
             # Info.txt's origin is bottom-left; images are stored top row first.
             annotation_rows.append([relative, x, height - 1 - y, radius])
     with (dest / "split.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "label", "patient_id", "split"])
+        writer.writerow(["file", "label", "patient_id", "split", "other_breast"])
         writer.writerows(split_rows)
     with (dest / "annotations.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import classification_report
 
-from .cache import cache_images
+from .cache import CachedImages, WithOtherBreast, cache_images
 from .config import save_json
-from .data import scan_folder
+from .data import other_breast_rows, read_split_table, scan_folder
 from .metrics import bootstrap_intervals, compute_metrics
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc, save_figure
 from .predict import Classifier
@@ -28,18 +28,13 @@ BOOTSTRAP_RESAMPLES = 1000
 def patient_groups(files: Sequence[Path | str], data_dir: Path) -> list[str] | None:
     """Each file's patient from the `split.csv` next to or above `data_dir` (as `prepare`
     writes it); None when there is none or it does not list every file."""
-    for folder in (data_dir, data_dir.parent):
-        table = folder / "split.csv"
-        if table.is_file():
-            with table.open(encoding="utf-8") as handle:
-                patients = {
-                    (folder / row["file"]).resolve(): row["patient_id"]
-                    for row in csv.DictReader(handle)
-                }
-            groups = [patients.get(Path(file).resolve()) for file in files]
-            if all(groups):
-                return [str(group) for group in groups]
-    return None
+    table = read_split_table(data_dir)
+    if table is None:
+        return None
+    folder, rows = table
+    patients = {(folder / row["file"]).resolve(): row["patient_id"] for row in rows}
+    groups = [patients.get(Path(file).resolve()) for file in files]
+    return [str(group) for group in groups] if all(groups) else None
 
 
 def _interval(intervals: dict[str, Any], key: str) -> str:
@@ -152,14 +147,20 @@ def evaluate(
     images = cache_images(folder.root, folder.files, classifier.image_size,
                           classifier.channels, cache_dir, workers, "reading",
                           crop=classifier.crop_breast)
-    failures = images.failures
+    failures = dict(images.failures)
+    inputs: CachedImages | WithOtherBreast = images
+    if classifier.other_breast:
+        others, problems = other_breast_rows(folder.files, data_dir, list(failures))
+        failures.update({row: message for row, message in problems.items()
+                         if row not in failures})
+        inputs = WithOtherBreast(images, others)
     for message in failures.values():
         logger.error("%s", message)
     keep = np.array([index not in failures for index in range(len(folder.files))], bool)
     if not keep.any():
         raise ValueError(f"{data_dir}: none of the {len(keep)} images could be read.")
     # One unshuffled pass in file order; rows that failed to decode are dropped after.
-    probabilities = classifier.predict_batch(images)[keep]
+    probabilities = classifier.predict_batch(inputs)[keep]
     files = [str(path) for path, kept in zip(folder.files, keep, strict=True) if kept]
     labels = np.asarray(folder.labels)[keep]
     out = Path(out) if out else run_dir / "evaluation" / data_dir.resolve().name

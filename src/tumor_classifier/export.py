@@ -33,7 +33,8 @@ def _metadata(run_dir: Path) -> dict[str, Any]:
         "preprocessing": config.get("preprocessing", {}),
         "calibration": config.get("calibration", {}),
         "input": "float32 (batch, image_size, image_size, channels), pixels in [0, 1] from "
-                 "tumor_classifier.imaging.read_image + preprocess",
+                 "tumor_classifier.imaging.read_image + preprocess; with "
+                 "preprocessing.other_breast, the other breast's channels follow",
         "output": "class probabilities (softmax, before temperature scaling)",
     }
 
@@ -72,9 +73,10 @@ def export(run_dir: Path | str, out: Path | str, file_format: str = "onnx") -> P
     if out.exists():
         raise FileExistsError(f"{out}: exists; choose another output path.")
     metadata = _metadata(run_dir)
-    model = _inference_model(Classifier.load(run_dir).model)
-    size, channels = metadata["image_size"], metadata["channels"]
-    model(np.zeros((1, size, size, channels), np.float32))  # build the graph
+    trained = Classifier.load(run_dir).model
+    model = _inference_model(trained)
+    # The model's own input (two images' channels with --other-breast): builds the graph.
+    model(np.zeros((1, *trained.input_shape[1:]), np.float32))
     if file_format == "onnx":
         import onnx
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from .cache import CachedImages
+from .cache import CachedImages, WithOtherBreast
 from .config import load_json
 from .data import list_images
-from .imaging import ImageReadError, Source, preprocess, read_image_and_metadata
+from .imaging import ImageReadError, Source, preprocess, read_image, read_image_and_metadata
 from .metrics import apply_temperature
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,9 @@ class Classifier:
         self.image_size: int = int(config["image_size"])
         self.channels: int = int(config["channels"])
         self.crop_breast: bool = bool(config.get("preprocessing", {}).get("crop_breast", False))
+        # Trained with --other-breast: every prediction needs the woman's other breast too.
+        self.other_breast: bool = bool(config.get("preprocessing", {}).get("other_breast",
+                                                                           False))
         calibration = config.get("calibration") or {}
         # Fitted on the validation split by `train`; 1.0 (no change) for older runs.
         self.temperature: float = float(calibration.get("temperature", 1.0))
@@ -74,7 +77,8 @@ class Classifier:
         model = keras.models.load_model(model_path, compile=False)
         return cls(model, config, run_dir, tta)
 
-    def predict_batch(self, images: np.ndarray | CachedImages, batch_size: int = 64,
+    def predict_batch(self, images: np.ndarray | CachedImages | WithOtherBreast,
+                      batch_size: int = 64,
                       calibrated: bool = True) -> np.ndarray:
         """Class probabilities for preprocessed images (n, size, size, channels).
 
@@ -102,9 +106,22 @@ class Classifier:
             return apply_temperature(result, self.temperature)
         return result.astype(np.float32)
 
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """`imaging.preprocess` with this model's recorded parameters."""
-        return preprocess(image, self.image_size, self.channels, self.crop_breast)
+    def preprocess(self, image: np.ndarray, other_breast: np.ndarray | None = None) -> np.ndarray:
+        """`imaging.preprocess` with this model's recorded parameters: the model input.
+
+        A model trained with --other-breast needs `other_breast`, the same woman's other
+        film (same view), preprocessed the same way and put behind the image's channels.
+        """
+        model_input = preprocess(image, self.image_size, self.channels, self.crop_breast)
+        if self.other_breast != (other_breast is not None):
+            raise ValueError(
+                "this model compares both breasts of a woman: give the other breast's film "
+                "too (--other-breast)." if self.other_breast else
+                "this model classifies one film; it was not trained with --other-breast.")
+        if other_breast is None:
+            return model_input
+        return np.concatenate([model_input, preprocess(
+            other_breast, self.image_size, self.channels, self.crop_breast)], axis=-1)
 
     def _prediction(self, label: str, row: np.ndarray,
                     metadata: dict[str, Any]) -> Prediction:
@@ -126,11 +143,17 @@ class Classifier:
         return self._prediction(label, row, metadata or {})
 
     def predict(self, sources: Sequence[Source], names: Sequence[str] | None = None,
-                batch_size: int = 32) -> list[Prediction]:
-        """Classify files (paths or open binary files), in order.
+                batch_size: int = 32,
+                other_breasts: Sequence[Source] | None = None) -> list[Prediction]:
+        """Classify files (paths or open binary files), in order; for a model trained with
+        --other-breast, `other_breasts[i]` is the other breast of `sources[i]`.
 
         A file that cannot be read gets a `Prediction` with `error` set; the others go on.
         """
+        if self.other_breast and (other_breasts is None or len(other_breasts) != len(sources)):
+            raise ValueError(
+                f"this model compares both breasts of a woman: give one other-breast film "
+                f"for each of the {len(sources)} image(s) (--other-breast, in the same order).")
         results: list[Prediction | None] = [None] * len(sources)
         pending: list[tuple[int, str, np.ndarray, dict[str, Any]]] = []
 
@@ -149,11 +172,14 @@ class Classifier:
                 label = str(getattr(source, "name", f"<upload {index + 1}>"))
             try:
                 image, metadata = read_image_and_metadata(source, label)
+                other = None
+                if other_breasts is not None:
+                    other = read_image(other_breasts[index])
             except ImageReadError as error:
                 logger.error("%s", error)
                 results[index] = Prediction(file=label, error=str(error))
                 continue
-            pending.append((index, label, self.preprocess(image), metadata))
+            pending.append((index, label, self.preprocess(image, other), metadata))
             if len(pending) == batch_size:
                 flush()
         if pending:

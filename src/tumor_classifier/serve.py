@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from . import __version__
 from .config import CLASS_DESCRIPTIONS
-from .imaging import ImageReadError, read_image_and_metadata
+from .imaging import read_image_and_metadata
 from .predict import Classifier
 
 logger = logging.getLogger(__name__)
@@ -105,25 +105,38 @@ def create_app(run_dir: Path | str) -> FastAPI:
         config = classifier.config
         return ModelCard(
             model=model_info, class_names=list(classifier.class_names),
-            input_shape=[classifier.image_size, classifier.image_size, classifier.channels],
+            input_shape=list(config.get("input_shape") or [
+                classifier.image_size, classifier.image_size, classifier.channels]),
             preprocessing=config.get("preprocessing", {}), training_data=config.get("data", {}),
             trained=config.get("finished"), evaluation=evaluation, notice=NOTICE)
+
+    def _read(upload: UploadFile, name: str) -> bytes:
+        data = upload.file.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"{name}: over the {MAX_UPLOAD_BYTES // 2**20} MB limit.")
+        return data
 
     @app.post("/v1/predict", responses={400: {"description": "unreadable or unsupported image"},
                                         413: {"description": "upload over the size limit"}})
     def predict(
         file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF, PGM or DICOM image")],
         heatmap: Annotated[bool, Query(description="add the Grad-CAM overlay")] = False,
+        other_breast: Annotated[UploadFile | None, File(
+            description="models trained with --other-breast: the same woman's other "
+                        "breast (same view)")] = None,
     ) -> PredictionResponse:
-        data = file.file.read(MAX_UPLOAD_BYTES + 1)
         name = Path(file.filename or "upload").name
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise HTTPException(413, f"{name}: over the {MAX_UPLOAD_BYTES // 2**20} MB limit.")
         try:
-            image, metadata = read_image_and_metadata(io.BytesIO(data), name)
-        except ImageReadError as error:
+            image, metadata = read_image_and_metadata(io.BytesIO(_read(file, name)), name)
+            other = None
+            if other_breast is not None:
+                other_name = Path(other_breast.filename or "other_breast").name
+                other = read_image_and_metadata(
+                    io.BytesIO(_read(other_breast, other_name)), other_name)[0]
+            model_input = classifier.preprocess(image, other)
+        # An ImageReadError, or a missing other breast for a model that needs one.
+        except ValueError as error:
             raise HTTPException(400, str(error)) from None
-        model_input = classifier.preprocess(image)
         with lock:
             result = classifier.predict_input(model_input, name, metadata)
         names = classifier.class_names

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .cache import CachedImages, cache_images
+from .cache import CachedImages, WithOtherBreast, cache_images
 from .config import TrainConfig, save_json
-from .data import ImageFolder, scan_folder
+from .data import ImageFolder, other_breast_rows, scan_folder
 from .distribute import distribution_scope
 from .evaluate import patient_groups, write_evaluation
 from .metrics import (
@@ -79,7 +79,7 @@ class Batches:
     `class_weight`, the same on every backend and on several devices.
     """
 
-    def __init__(self, images: np.ndarray | CachedImages, rows: np.ndarray,
+    def __init__(self, images: np.ndarray | CachedImages | WithOtherBreast, rows: np.ndarray,
                  labels: np.ndarray, num_classes: int, batch_size: int,
                  weights: dict[int, float] | None = None, seed: int | None = 0,
                  steps: int | None = None, balanced: bool = False) -> None:
@@ -164,17 +164,25 @@ def as_dataset(batches: Batches, workers: int = 2) -> Any:
 
 def _load_split(
     folder: ImageFolder, config: TrainConfig, name: str
-) -> tuple[CachedImages, np.ndarray, np.ndarray, list[Path], list[str]]:
-    """The split's cached images, the rows that decoded, their labels and files, and the
-    messages of the files that did not."""
+) -> tuple[CachedImages | WithOtherBreast, np.ndarray, np.ndarray, list[Path], list[str]]:
+    """The split's cached images (with `other_breast`, paired with the other breast), the
+    rows that can be used, their labels and files, and the messages of the files that
+    cannot."""
     images = cache_images(folder.root, folder.files, config.image_size, config.channels,
                           Path(config.cache_dir) if config.cache_dir else None,
                           config.workers, f"decoding {name}", crop=config.crop_breast)
-    rows = np.array([row for row in range(len(folder.files)) if row not in images.failures],
+    failures = dict(images.failures)
+    inputs: CachedImages | WithOtherBreast = images
+    if config.other_breast:
+        others, problems = other_breast_rows(folder.files, folder.root, list(failures))
+        failures.update({row: message for row, message in problems.items()
+                         if row not in failures})
+        inputs = WithOtherBreast(images, others)
+    rows = np.array([row for row in range(len(folder.files)) if row not in failures],
                     dtype=np.int64)
     labels = np.asarray(folder.labels, dtype=np.int64)[rows]
     files = [folder.files[row] for row in rows]
-    return images, rows, labels, files, list(images.failures.values())
+    return inputs, rows, labels, files, list(failures.values())
 
 
 def _versions() -> dict[str, str]:
@@ -198,8 +206,9 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _fit(model: Any, config: TrainConfig, x_train: CachedImages, train_rows: np.ndarray,
-         y_train: np.ndarray, x_val: CachedImages, val_rows: np.ndarray, y_val: np.ndarray,
+def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreast,
+         train_rows: np.ndarray, y_train: np.ndarray, x_val: CachedImages | WithOtherBreast,
+         val_rows: np.ndarray, y_val: np.ndarray,
          num_classes: int, weights: dict[int, float] | None, run_dir: Path,
          devices: int) -> Any:
     """`model.fit` on the cached images with the checkpoint, history and early stopping."""
@@ -298,7 +307,8 @@ def _loss(name: str) -> Any:
 
 def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
                          files: list[Path], labels: np.ndarray,
-                         class_names: tuple[str, ...], x_train: CachedImages,
+                         class_names: tuple[str, ...],
+                         x_train: CachedImages | WithOtherBreast,
                          train_rows: np.ndarray, learning_rate: float) -> bool:
     """Stage one of two: train on lesion patches, then start from those weights. Returns
     False (and says why) when the dataset marks no lesions, so there is nothing to do."""
@@ -363,6 +373,12 @@ def train(config: TrainConfig) -> Path:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
     if config.image_size < 16:
         raise ValueError(f"--image-size must be at least 16, got {config.image_size}.")
+    if config.other_breast and (config.model in PRETRAINED or config.patch_pretrain_epochs):
+        # Both take one image: ImageNet weights expect one grey or RGB picture, and lesion
+        # patches have no counterpart in the other breast.
+        raise ValueError("--other-breast needs a preset trained from scratch on whole images "
+                         "(seed, seed_augmented, mammo_net, mammo_mil, resnet_small), without "
+                         "--patch-pretrain-epochs.")
     train_folder = scan_folder(data_dir / "train")
     validation_folder = scan_folder(data_dir / "validation", train_folder.class_names)
     class_names = train_folder.class_names
@@ -396,7 +412,9 @@ def train(config: TrainConfig) -> Path:
         raise ValueError(f"{data_dir}: no readable images in train/ or validation/.")
 
     keras.utils.set_random_seed(config.seed)
-    input_shape = (config.image_size, config.image_size, config.channels)
+    # With the other breast, its image follows the film's own as further channels.
+    input_shape = (config.image_size, config.image_size,
+                   config.channels * (2 if config.other_breast else 1))
     backbone_weights = config.weights
     if config.model in PRETRAINED:  # default ImageNet; "none" = random initialisation
         backbone_weights = {None: "imagenet", "none": None}.get(backbone_weights,
@@ -461,6 +479,7 @@ def train(config: TrainConfig) -> Path:
             "image_size": config.image_size,
             "channels": config.channels,
             "crop_breast": config.crop_breast,
+            "other_breast": config.other_breast,
         },
         "model": config.model,
         "parameters": int(model.count_params()),
