@@ -53,7 +53,7 @@ def trained_run(prepared_mias: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def paired_run(prepared_mias: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A `seed` model trained for one epoch with each film's other breast (64x64, crop)."""
+    """A `seed` model trained for one epoch at 64x64 with each film's other breast."""
     from tumor_classifier.config import TrainConfig
     from tumor_classifier.train import train
 

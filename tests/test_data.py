@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ramp, write_png
 from tumor_classifier.cache import WithOtherBreast
-from tumor_classifier.data import other_breast_rows, scan_folder
+from tumor_classifier.data import other_breast_rows, other_breasts, scan_folder
 
 
 def _dataset(root: Path, classes: dict[str, int]) -> Path:
@@ -77,15 +77,19 @@ def test_other_breast_rows_pair_films_and_name_every_problem(tmp_path: Path) -> 
     split = tmp_path / "train"
     files = [split / "BEN/a_right.png", split / "CAN/c_left.png", split / "NOR/a_left.png",
              split / "NOR/b_left.png", split / "NOR/b_right.png"]
-    others, problems = other_breast_rows(files, split, unreadable=[4])
+    others, problems = other_breast_rows(files, unreadable=[4])
     assert others[0] == 2 and others[2] == 0
     assert set(problems) == {1, 3}  # c has no other film; b's other film did not decode
     assert problems[1].startswith(f"{files[1]}: no other breast beside it")
     assert problems[3] == f"{files[3]}: its other breast b_right.png could not be read."
     assert others[1] == 1 and others[3] == 3  # left pointing at themselves
-    (tmp_path / "split.csv").write_text("file,label,patient_id,split\n")
-    with pytest.raises(ValueError, match=r"no split.csv with an other_breast column"):
-        other_breast_rows(files, split)
+    assert other_breasts([split / "NOR/a_left.png", tmp_path / "elsewhere.png"]) == [
+        (split / "BEN/a_right.png").resolve(), None]
+    (tmp_path / "split.csv").write_text("file,label,patient_id,split\ntrain/NOR/a_left.png,"
+                                        "NOR,a,train\n")
+    assert other_breasts(files) == [None] * 5
+    with pytest.raises(ValueError, match=r"train: no split.csv with an other_breast column"):
+        other_breast_rows(files)
 
 
 def test_with_other_breast_puts_the_other_film_behind_the_channels() -> None:

@@ -103,8 +103,18 @@ def test_a_model_with_the_other_breast_pairs_each_film_with_its_own_woman(
     assert main(["predict", str(paired_run), str(films[0]),
                  "--other-breast", str(partners[0])]) == 0
     assert f"{films[0]}: {results[0].prediction}" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="compares both breasts of a woman"):
-        classifier.predict(films[:1])
+    # Without --other-breast, each file's other breast is the one split.csv names; a copy
+    # outside the dataset has none: one error for it, the other file goes on.
+    looked_up = classifier.predict(films[:2])
+    assert [r.probabilities for r in looked_up] == [r.probabilities for r in results[:2]]
+    lone = tmp_path / films[0].name
+    lone.write_bytes(films[0].read_bytes())
+    alone, found = classifier.predict([lone, films[1]])
+    assert alone.error == (f"{lone}: no other breast given or named in split.csv "
+                           "(other_breast column); this model compares both breasts of a "
+                           "woman: pass --other-breast.")
+    assert found.probabilities == results[1].probabilities
+    assert classifier.read(films[0])[1].shape == (64, 64, 2)
     assert main(["predict", str(trained_run), str(films[0]),
                  "--other-breast", str(partners[0])]) == 2
     assert "this model classifies one film" in capsys.readouterr().err

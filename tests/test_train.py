@@ -255,3 +255,8 @@ def test_other_breast_refuses_what_it_cannot_pair(small_dataset: Path, tmp_path:
         train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "b"),
                           image_size=32, epochs=1, workers=1, other_breast=True))
     assert not (tmp_path / "b" / "model.keras").exists()
+    # by default, plain class folders train one film at a time
+    run = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "c"),
+                            image_size=32, epochs=1, workers=1))
+    config = json.loads((run / "config.json").read_text())
+    assert config["training"]["other_breast"] is False and config["input_shape"] == [32, 32, 1]

@@ -267,11 +267,9 @@ def _write_heatmap(classifier: Any, file: Path, prediction: str | None, out: Pat
     from PIL import Image
 
     from .explain import grad_cam, overlay
-    from .imaging import read_image
 
-    image = read_image(file)
-    other = read_image(other_breast) if other_breast else None
-    heatmap = grad_cam(classifier.model, classifier.preprocess(image, other),
+    image, model_input = classifier.read(file, other_breast)
+    heatmap = grad_cam(classifier.model, model_input,
                        classifier.class_names.index(prediction),
                        classifier.config.get("gradcam_layer"))
     Image.fromarray(overlay(image, heatmap)).save(out)

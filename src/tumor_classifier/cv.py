@@ -149,24 +149,21 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
     predicted = np.zeros(len(samples), bool)
     for fold, split in enumerate(parts):
         fold_dir = out / f"fold{fold + 1}"
+        placed = [(part, samples[index]) for part, indices in
+                  zip(("train", "validation", "test"), split, strict=True) for index in indices]
+        # Each source file's name in the fold, so that the other breast can follow its film.
+        in_fold = {sample.path.resolve(): f"{part}/{sample.label}/{sample.patient}__"
+                   f"{sample.path.name}" for part, sample in placed}
         rows = []
         link_sources: dict[str, Path] = {}
-        in_fold: dict[Path, str] = {}  # source file -> its name in the fold
-        for part, indices in zip(("train", "validation", "test"), split, strict=True):
-            for index in indices:
-                sample = samples[index]
-                name = f"{sample.patient}__{sample.path.name}"
-                relative = (Path(part) / sample.label / name).as_posix()
-                _link(sample.path, fold_dir / "data" / relative)
-                rows.append([relative, sample.label, sample.patient, part])
-                link_sources[relative] = sample.path.resolve()
-                in_fold[sample.path.resolve()] = relative
-        # The other breast follows its film into the fold (the same part: folds are by
-        # patient); an empty cell where it is not in the dataset.
-        for row, sample in zip(rows, (samples[i] for indices in split for i in indices),
-                               strict=True):
-            other = sample.other_breast
-            row.append(in_fold.get(other.resolve(), "") if other else "")
+        for part, sample in placed:
+            relative = in_fold[sample.path.resolve()]
+            _link(sample.path, fold_dir / "data" / relative)
+            # Folds are by patient, so the other breast is in the same part; an empty cell
+            # where the dataset does not name it.
+            other = in_fold.get(sample.other_breast.resolve(), "") if sample.other_breast else ""
+            rows.append([relative, sample.label, sample.patient, part, other])
+            link_sources[relative] = sample.path.resolve()
         if circles:  # lesion circles follow their films into the fold
             with (fold_dir / "data" / "annotations.csv").open(
                     "w", newline="", encoding="utf-8") as f:
@@ -199,8 +196,7 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
             by_file = {row["file"]: [float(row[f"prob_{name}"]) for name in class_names]
                        for row in csv.DictReader(f)}
         for index in split[2]:
-            test_file = str(fold_dir / "data" / "test" / samples[index].label
-                            / f"{samples[index].patient}__{samples[index].path.name}")
+            test_file = str(fold_dir / "data" / in_fold[samples[index].path.resolve()])
             if test_file in by_file:  # unreadable files were left out by evaluate
                 pooled_probabilities[index] = by_file[test_file]
                 predicted[index] = True

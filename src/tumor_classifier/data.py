@@ -160,32 +160,58 @@ def read_split_table(data_dir: Path) -> tuple[Path, list[dict[str, str]]] | None
     return None
 
 
-def other_breast_rows(files: Sequence[Path], data_dir: Path,
-                      unreadable: Sequence[int] = ()) -> tuple[np.ndarray, dict[int, str]]:
-    """For every file, the index in `files` of the same woman's other breast (same view),
-    from the `other_breast` column of `split.csv` (`prepare mini-mias` writes it).
+def _other_breast_column(table: Path) -> dict[Path, Path] | None:
+    """A split.csv's file -> other_breast, both resolved; None without that column."""
+    with table.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "other_breast" not in rows[0]:
+        return None
+    return {(table.parent / row["file"]).resolve(): (table.parent / row["other_breast"]).resolve()
+            for row in rows if row["other_breast"]}
+
+
+def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
+    """Each file's other breast (the same woman's other film, same view), as the
+    `other_breast` column of the `split.csv` in one of the file's three enclosing folders
+    names it (`DATA/split.csv` for `DATA/test/CAN/film.png`; `prepare mini-mias` writes
+    it); None where none does."""
+    tables: dict[Path, dict[Path, Path] | None] = {}
+    result: list[Path | None] = []
+    for file in files:
+        path = Path(file).absolute()
+        other = None
+        for folder in path.parents[:3]:
+            table = folder / "split.csv"
+            if table not in tables:
+                tables[table] = _other_breast_column(table) if table.is_file() else None
+            column = tables[table]
+            if column and (other := column.get(path.resolve())):
+                break
+        result.append(other)
+    return result
+
+
+def other_breast_rows(files: Sequence[Path], unreadable: Sequence[int] = ()
+                      ) -> tuple[np.ndarray, dict[int, str]]:
+    """For every file, the index in `files` of its other breast (`other_breasts`).
 
     Returns the indices (a file's own index where there is no other breast) and, for the
     files without a readable other breast among `files`, one message each.
 
     Raises:
-        ValueError: no split.csv, or one without the other_breast column.
+        ValueError: no file has its other breast named (no split.csv with that column).
     """
-    table = read_split_table(Path(data_dir))
-    if table is None or not table[1] or "other_breast" not in table[1][0]:
+    partners = other_breasts(files)
+    if files and not any(partners):
         raise ValueError(
-            f"{data_dir}: no split.csv with an other_breast column beside or above it, so the "
-            "films cannot be paired with the other breast. Run `tumor-classifier prepare` "
-            "again (it writes one), or add the column (file,...,other_breast: the same "
-            "woman's other breast, same view, relative to split.csv).")
-    folder, rows = table
-    others = {(folder / row["file"]).resolve(): (folder / row["other_breast"]).resolve()
-              for row in rows if row.get("other_breast")}
+            f"{Path(files[0]).parent.parent}: no split.csv with an other_breast column names "
+            "the other breast of these films. Run `tumor-classifier prepare` again (it "
+            "writes one), or add the column (file,...,other_breast: the same woman's other "
+            "film, same view, relative to split.csv).")
     position = {Path(path).resolve(): index for index, path in enumerate(files)}
     result = np.arange(len(files))
     problems: dict[int, str] = {}
-    for index, path in enumerate(files):
-        other = others.get(Path(path).resolve())
+    for index, (path, other) in enumerate(zip(files, partners, strict=True)):
         if other is None or other not in position:
             problems[index] = (
                 f"{path}: no other breast beside it (split.csv's other_breast column names "
@@ -196,4 +222,3 @@ def other_breast_rows(files: Sequence[Path], data_dir: Path,
         else:
             result[index] = position[other]
     return result, problems
-

@@ -150,7 +150,7 @@ def evaluate(
     failures = dict(images.failures)
     inputs: CachedImages | WithOtherBreast = images
     if classifier.other_breast:
-        others, problems = other_breast_rows(folder.files, data_dir, list(failures))
+        others, problems = other_breast_rows(folder.files, list(failures))
         failures.update({row: message for row, message in problems.items()
                          if row not in failures})
         inputs = WithOtherBreast(images, others)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .imaging import find_breast, read_image, to_grey
+from .imaging import find_breast, to_grey
 
 
 def find_target_layer(model: Any, name: str | None = None) -> Any:
@@ -167,8 +167,7 @@ def lesion_hit_rate(classifier: Any, data_dir: Path, split: str = "test") -> dic
                     (float(entry["x"]), float(entry["y"]), float(entry["radius"])))
     hits, chance = [], []
     for relative, marks in sorted(circles.items()):
-        image = read_image(Path(data_dir) / relative)
-        model_input = classifier.preprocess(image)
+        image, model_input = classifier.read(Path(data_dir) / relative)
         probabilities = classifier.predict_batch(model_input[np.newaxis])[0]
         heatmap = grad_cam(classifier.model, model_input, int(np.argmax(probabilities)),
                            classifier.config.get("gradcam_layer"))

@@ -12,7 +12,7 @@ import numpy as np
 
 from .cache import CachedImages, WithOtherBreast
 from .config import load_json
-from .data import list_images
+from .data import list_images, other_breasts
 from .imaging import ImageReadError, Source, preprocess, read_image, read_image_and_metadata
 from .metrics import apply_temperature
 
@@ -142,18 +142,51 @@ class Classifier:
         row = self.predict_batch(model_input[np.newaxis])[0]
         return self._prediction(label, row, metadata or {})
 
+    def _find_other_breasts(self, sources: Sequence[Source]) -> list[Path | None]:
+        """Each path's other breast from split.csv; None for uploads and unnamed pairs."""
+        paths = [source if isinstance(source, (str, Path)) else None for source in sources]
+        found = iter(other_breasts([path for path in paths if path is not None]))
+        return [next(found) if path is not None else None for path in paths]
+
+    def _read_other_breast(self, label: str, source: Source | None) -> np.ndarray:
+        if source is None:
+            raise ImageReadError(
+                f"{label}: no other breast given or named in split.csv (other_breast "
+                "column); this model compares both breasts of a woman: pass --other-breast.")
+        return read_image(source)
+
+    def read(self, source: Source, other_breast: Source | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """One file's image as read and its model input. For a model trained with
+        --other-breast, its other breast is `other_breast` or, for a path, the film that
+        split.csv names."""
+        image = read_image(source)
+        if not self.other_breast:
+            return image, self.preprocess(image)
+        if other_breast is None:
+            other_breast = self._find_other_breasts([source])[0]
+        label = str(source) if isinstance(source, (str, Path)) else "upload"
+        return image, self.preprocess(image, self._read_other_breast(label, other_breast))
+
     def predict(self, sources: Sequence[Source], names: Sequence[str] | None = None,
                 batch_size: int = 32,
                 other_breasts: Sequence[Source] | None = None) -> list[Prediction]:
-        """Classify files (paths or open binary files), in order; for a model trained with
-        --other-breast, `other_breasts[i]` is the other breast of `sources[i]`.
+        """Classify files (paths or open binary files), in order.
 
-        A file that cannot be read gets a `Prediction` with `error` set; the others go on.
+        For a model trained with --other-breast, `other_breasts[i]` is the other breast of
+        `sources[i]`; without `other_breasts`, each path's other breast is looked up in
+        split.csv (`data.other_breasts`).
+
+        A file that cannot be read, or whose other breast is missing, gets a `Prediction`
+        with `error` set; the others go on.
         """
-        if self.other_breast and (other_breasts is None or len(other_breasts) != len(sources)):
-            raise ValueError(
-                f"this model compares both breasts of a woman: give one other-breast film "
-                f"for each of the {len(sources)} image(s) (--other-breast, in the same order).")
+        if other_breasts is not None and len(other_breasts) != len(sources):
+            raise ValueError(f"give one other-breast film for each of the {len(sources)} "
+                             f"image(s) (--other-breast, in the same order), not "
+                             f"{len(other_breasts)}.")
+        partners: Sequence[Source | None] | None = other_breasts
+        if self.other_breast and partners is None:
+            partners = self._find_other_breasts(sources)
         results: list[Prediction | None] = [None] * len(sources)
         pending: list[tuple[int, str, np.ndarray, dict[str, Any]]] = []
 
@@ -173,8 +206,8 @@ class Classifier:
             try:
                 image, metadata = read_image_and_metadata(source, label)
                 other = None
-                if other_breasts is not None:
-                    other = read_image(other_breasts[index])
+                if partners is not None:
+                    other = self._read_other_breast(label, partners[index])
             except ImageReadError as error:
                 logger.error("%s", error)
                 results[index] = Prediction(file=label, error=str(error))

@@ -174,7 +174,7 @@ def _load_split(
     failures = dict(images.failures)
     inputs: CachedImages | WithOtherBreast = images
     if config.other_breast:
-        others, problems = other_breast_rows(folder.files, folder.root, list(failures))
+        others, problems = other_breast_rows(folder.files, list(failures))
         failures.update({row: message for row, message in problems.items()
                          if row not in failures})
         inputs = WithOtherBreast(images, others)
