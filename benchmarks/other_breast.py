@@ -1,7 +1,7 @@
 """Does the other breast help? One film alone against the film with its contralateral film.
 
     python benchmarks/other_breast.py DATA_DIR [--seeds 0,1,2,3,4] [--image-size 256]
-                                               [--train-share 1.0]
+                                               [--train-share 1.0] [--keep last]
 
 DATA_DIR is a prepared dataset whose `split.csv` names two films per patient (`prepare
 mini-mias` writes one: the left and right MLO films of each woman). Every film is read once
@@ -17,9 +17,10 @@ breasts of a woman lie the same way round). Two arms, trained and tested on the 
 10 epochs, batch 32, Adam 1e-3, inverse-frequency class weights, the last epoch kept (no
 validation split: both arms are treated alike; `--train-share 0.75` trains on three
 quarters of each fold's training women, as many as `cv` trains on beside its validation
-split). Prints, per seed and arm, the mean over folds
-of macro one-vs-rest AUC, CAN-vs-rest AUC and abnormal-vs-normal AUC, and at the end the
-mean ± sd over seeds of the paired differences.
+split). `--keep best` holds out a quarter of each fold's training women as a validation
+split and keeps the epoch with the lowest validation loss, as `train` does. Prints, per
+seed and arm, the mean over folds of macro one-vs-rest AUC, CAN-vs-rest AUC and
+abnormal-vs-normal AUC, and at the end the mean ± sd over seeds of the paired differences.
 """
 
 from __future__ import annotations
@@ -46,8 +47,22 @@ def scores(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float,
             roc_auc_score(labels != CLASSES.index("NOR"), 1 - probabilities[:, 2]))
 
 
+class KeepBest(keras.callbacks.Callback):
+    """Restore, at the end of `fit`, the weights of the epoch with the lowest val_loss."""
+
+    def on_train_begin(self, logs=None):
+        self.best, self.weights = np.inf, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs["val_loss"] < self.best:
+            self.best, self.weights = logs["val_loss"], self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        self.model.set_weights(self.weights)
+
+
 def cross_validate(inputs: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                   seed: int, train_share: float = 1.0) -> np.ndarray:
+                   seed: int, train_share: float = 1.0, keep: str = "last") -> np.ndarray:
     """Mean over the 5 folds of `scores` on the held-out women."""
     folds = StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(inputs, labels,
                                                                            groups)
@@ -58,13 +73,20 @@ def cross_validate(inputs: np.ndarray, labels: np.ndarray, groups: np.ndarray,
             kept = np.random.default_rng([seed, fold]).permutation(women)[
                 : round(train_share * len(women))]
             train = train[np.isin(groups[train], kept)]
+        validation, callbacks = None, []
+        if keep == "best":  # `cv`'s inner split: a quarter of the training women
+            inner = StratifiedGroupKFold(4, shuffle=True, random_state=seed)
+            part, held = next(inner.split(train, labels[train], groups[train]))
+            validation = (inputs[train[held]], labels[train[held]])
+            train, callbacks = train[part], [KeepBest()]
         keras.utils.set_random_seed(seed * 10 + fold)
         model = build_model("seed", inputs.shape[1:], len(CLASSES))
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
         counts = np.bincount(labels[train], minlength=len(CLASSES))
         weights = {c: len(train) / (len(CLASSES) * counts[c]) for c in range(len(CLASSES))}
         model.fit(inputs[train], labels[train], epochs=10, batch_size=32,
-                  class_weight=weights, verbose=0)
+                  class_weight=weights, validation_data=validation, callbacks=callbacks,
+                  verbose=0)
         results.append(scores(labels[test], model.predict(inputs[test], verbose=0)))
     return np.mean(results, axis=0)
 
@@ -75,6 +97,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--train-share", type=float, default=1.0)
+    parser.add_argument("--keep", choices=["last", "best"], default="last")
     args = parser.parse_args()
     with (args.data_dir / "split.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -97,7 +120,7 @@ def main() -> None:
     for seed in map(int, args.seeds.split(",")):
         for name, inputs in arms.items():
             results[name].append(cross_validate(inputs, labels, groups, seed,
-                                                args.train_share))
+                                                args.train_share, args.keep))
             print(f"seed {seed}, {name}: " + ", ".join(
                 f"{metric} {value:.3f}" for metric, value in zip(
                     METRICS, results[name][-1], strict=True)), flush=True)

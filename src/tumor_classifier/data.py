@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .cache import CachedImages, WithOtherBreast
 from .datasets import SPLITS
 from .imaging import IMAGE_EXTENSIONS, is_dicom
 
@@ -191,7 +192,7 @@ def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
     return result
 
 
-def other_breast_rows(files: Sequence[Path], unreadable: Sequence[int] = ()
+def other_breast_rows(files: Sequence[Path], unreadable: Collection[int] = ()
                       ) -> tuple[np.ndarray, dict[int, str]]:
     """For every file, the index in `files` of its other breast (`other_breasts`).
 
@@ -222,3 +223,14 @@ def other_breast_rows(files: Sequence[Path], unreadable: Sequence[int] = ()
         else:
             result[index] = position[other]
     return result, problems
+
+
+def pair_with_other_breasts(images: CachedImages, files: Sequence[Path]
+                            ) -> tuple[WithOtherBreast, dict[int, str]]:
+    """`images` (decoded from `files`, in order) paired with each file's other breast, and
+    the message of every row that cannot be used: its own decoding failure, or a missing or
+    unreadable other breast."""
+    others, problems = other_breast_rows(files, images.failures.keys())
+    failures = dict(images.failures)
+    failures.update({row: message for row, message in problems.items() if row not in failures})
+    return WithOtherBreast(images, others), failures

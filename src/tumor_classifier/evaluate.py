@@ -15,7 +15,7 @@ from sklearn.metrics import classification_report
 
 from .cache import CachedImages, WithOtherBreast, cache_images
 from .config import save_json
-from .data import other_breast_rows, read_split_table, scan_folder
+from .data import pair_with_other_breasts, read_split_table, scan_folder
 from .metrics import bootstrap_intervals, compute_metrics
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc, save_figure
 from .predict import Classifier
@@ -147,13 +147,10 @@ def evaluate(
     images = cache_images(folder.root, folder.files, classifier.image_size,
                           classifier.channels, cache_dir, workers, "reading",
                           crop=classifier.crop_breast)
-    failures = dict(images.failures)
     inputs: CachedImages | WithOtherBreast = images
+    failures = images.failures
     if classifier.other_breast:
-        others, problems = other_breast_rows(folder.files, list(failures))
-        failures.update({row: message for row, message in problems.items()
-                         if row not in failures})
-        inputs = WithOtherBreast(images, others)
+        inputs, failures = pair_with_other_breasts(images, folder.files)
     for message in failures.values():
         logger.error("%s", message)
     keep = np.array([index not in failures for index in range(len(folder.files))], bool)

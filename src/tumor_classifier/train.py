@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .cache import CachedImages, WithOtherBreast, cache_images
 from .config import TrainConfig, save_json
-from .data import ImageFolder, other_breast_rows, scan_folder
+from .data import ImageFolder, pair_with_other_breasts, scan_folder
 from .distribute import distribution_scope
 from .evaluate import patient_groups, write_evaluation
 from .metrics import (
@@ -171,13 +171,10 @@ def _load_split(
     images = cache_images(folder.root, folder.files, config.image_size, config.channels,
                           Path(config.cache_dir) if config.cache_dir else None,
                           config.workers, f"decoding {name}", crop=config.crop_breast)
-    failures = dict(images.failures)
     inputs: CachedImages | WithOtherBreast = images
+    failures = images.failures
     if config.other_breast:
-        others, problems = other_breast_rows(folder.files, list(failures))
-        failures.update({row: message for row, message in problems.items()
-                         if row not in failures})
-        inputs = WithOtherBreast(images, others)
+        inputs, failures = pair_with_other_breasts(images, folder.files)
     rows = np.array([row for row in range(len(folder.files)) if row not in failures],
                     dtype=np.int64)
     labels = np.asarray(folder.labels, dtype=np.int64)[rows]
