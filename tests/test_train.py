@@ -5,10 +5,11 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tumor_classifier.config import TrainConfig
-from tumor_classifier.train import class_weights, train
+from tumor_classifier.train import class_weights, read_history, train
 
 COUNTS = {"BEN": 10, "CAN": 10, "NOR": 80}
 
@@ -91,6 +92,35 @@ def test_explicit_steps_and_early_stopping(small_dataset: Path, tmp_path: Path) 
     # with a zero learning rate validation loss never improves: early stopping after 2 epochs
     assert config["epochs_run"] == 2
     assert config["class_weight"] == {"BEN": 5.0, "CAN": 5.0, "NOR": 1.0}
+
+
+def test_keep_last_keeps_the_final_epoch_not_the_best(small_dataset: Path,
+                                                      tmp_path: Path) -> None:
+    from tumor_classifier.data import scan_folder
+    from tumor_classifier.imaging import load_model_input
+    from tumor_classifier.predict import Classifier
+
+    # at this rate the validation loss is lowest at epoch 3 of 4 (1.103, then 1.118)
+    options = dict(data_dir=str(small_dataset), epochs=4, image_size=32, workers=1,
+                   learning_rate=0.01)
+    validation = scan_folder(small_dataset / "validation")
+    inputs = np.stack([load_model_input(path, 32, 1, crop=True) for path in validation.files])
+    kept_loss = {}
+    for keep in ("best", "last"):
+        run = train(TrainConfig(out=str(tmp_path / keep), keep=keep, **options))
+        config = json.loads((run / "config.json").read_text())
+        losses = read_history(run)["val_loss"]
+        assert config["training"]["keep"] == keep
+        probabilities = Classifier.load(run).predict_batch(inputs, calibrated=False)
+        # the kept model's validation loss is the one logged for the kept epoch
+        kept_loss[keep] = -np.mean(np.log(probabilities[np.arange(len(inputs)),
+                                                        validation.labels]))
+        assert kept_loss[keep] == pytest.approx(losses[config["best_epoch"] - 1], rel=1e-4)
+        expected = 4 if keep == "last" else int(np.argmin(losses)) + 1
+        assert config["best_epoch"] == expected
+    assert kept_loss["last"] > kept_loss["best"]  # the two runs kept different epochs
+    with pytest.raises(ValueError, match="--keep 'first': use best or last"):
+        train(TrainConfig(out=str(tmp_path / "x"), keep="first", **options))
 
 
 def test_focal_loss_and_cosine_schedule() -> None:

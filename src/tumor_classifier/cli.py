@@ -64,6 +64,9 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"],
                         default=defaults.lr_schedule,
                         help="cosine: decay to 0 over all epochs (default: %(default)s)")
+    parser.add_argument("--keep", choices=["best", "last"], default=defaults.keep,
+                        help="the epoch to keep: lowest validation loss, or the last "
+                        "(default: %(default)s)")
     for name in ("steps_per_epoch", "validation_steps", "patience"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--distribute", choices=["none", "data-parallel"],

@@ -63,6 +63,8 @@ class TrainConfig:
     # None = one pass over the data per epoch / over the whole validation split.
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
+    # Which epoch the run keeps: "best" (the lowest validation loss) or "last".
+    keep: str = "best"
     # Early stopping on validation loss; None trains all epochs (the best epoch is kept anyway).
     patience: int | None = None
     seed: int = 0

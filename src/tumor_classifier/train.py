@@ -214,7 +214,8 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreas
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "model.keras"
     callbacks: list[Any] = [
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss",
+                                        save_best_only=config.keep == "best"),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
         # A NaN loss never recovers: stop there (the checkpoint keeps the best finite epoch).
         keras.callbacks.TerminateOnNaN(),
@@ -380,6 +381,8 @@ def train(config: TrainConfig) -> Path:
     validation_folder = scan_folder(data_dir / "validation", train_folder.class_names)
     class_names = train_folder.class_names
     weights = class_weights(config.class_weight, train_folder.counts())
+    if config.keep not in ("best", "last"):
+        raise ValueError(f"--keep {config.keep!r}: use best or last.")
     if config.sampling not in ("shuffle", "balanced"):
         raise ValueError(f"--sampling {config.sampling!r}: use shuffle or balanced.")
     if config.sampling == "balanced" and weights is not None:
@@ -446,13 +449,17 @@ def train(config: TrainConfig) -> Path:
                        num_classes, weights, run_dir, devices)
     val_losses = history.history["val_loss"]
     finite = np.isfinite(val_losses)
-    if not finite.any():  # before anything else is done with the kept (NaN) checkpoint
+    # before anything else is done with the kept (NaN) checkpoint
+    if not finite.any() or (config.keep == "last" and not finite[-1]):
         raise ValueError(
-            f"{run_dir}: training diverged (the validation loss was NaN or infinite at every "
-            f"epoch), so no usable model was kept. Train again with a lower --learning-rate than "
+            f"{run_dir}: training diverged (the validation loss was NaN or infinite at "
+            f"{'the last' if finite.any() else 'every'} epoch), so no usable model was kept. "
+            f"Train again with a lower --learning-rate than "
             f"{learning_rate:g}, e.g. {learning_rate / 10:g}.")
     # nanargmin: np.argmin would pick the first NaN epoch of a run that diverged late.
     best_epoch = int(np.nanargmin(np.where(finite, val_losses, np.nan))) + 1
+    if config.keep == "last":
+        best_epoch = len(val_losses)
     if policy != "float32":
         # Weights are float32 under mixed precision anyway: save the kept checkpoint as a
         # plain float32 model, so predict, the app and the exports run it like any other.
