@@ -48,7 +48,7 @@ def trained_run(prepared_mias: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     out = tmp_path_factory.mktemp("runs") / "seed"
     return train(TrainConfig(data_dir=str(prepared_mias), out=str(out), epochs=2, workers=2,
-                             image_size=128, crop_breast=False))
+                             image_size=128, crop_breast=False, other_breast=False))
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,10 @@ def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path) -> Non
                 / "metrics.json").is_file()
     saved = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
     assert saved["pooled_out_of_fold"]["n"] == 240
+    # by default, with each film's other breast: the prepared split.csv names every one
+    fold_config = json.loads((tmp_path / "cv" / "fold1" / "run" / "config.json").read_text())
+    assert fold_config["training"]["other_breast"] is True
+    assert fold_config["input_shape"] == [32, 32, 2]
     rows = summary["per_fold_mean_std"]
     for key in ("accuracy", "balanced_accuracy", "macro_auc_ovr", "binary.CAN_vs_rest.auc",
                 "binary.abnormal_vs_normal.auc", "expected_calibration_error",

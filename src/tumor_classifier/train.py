@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .cache import CachedImages, WithOtherBreast, cache_images
 from .config import TrainConfig, save_json
-from .data import ImageFolder, pair_with_other_breasts, scan_folder
+from .data import ImageFolder, other_breasts, pair_with_other_breasts, scan_folder
 from .distribute import distribution_scope
 from .evaluate import patient_groups, write_evaluation
 from .metrics import (
@@ -379,6 +379,15 @@ def train(config: TrainConfig) -> Path:
                          "--patch-pretrain-epochs.")
     train_folder = scan_folder(data_dir / "train")
     validation_folder = scan_folder(data_dir / "validation", train_folder.class_names)
+    if config.other_breast is None:
+        # On where every film can be paired with the other breast (not for the presets
+        # that take one image), off for plain class folders; config.json records it.
+        paired = (config.model not in PRETRAINED and not config.patch_pretrain_epochs
+                  and all(other_breasts(train_folder.files + validation_folder.files)))
+        config = dataclasses.replace(config, other_breast=paired)
+        if paired:
+            logger.info("split.csv names every film's other breast: the model sees both "
+                        "(--no-other-breast for one film at a time).")
     class_names = train_folder.class_names
     weights = class_weights(config.class_weight, train_folder.counts())
     if config.keep not in ("best", "last"):
