@@ -134,10 +134,13 @@ def test_real_browser_two_sessions(trained_run: Path, prepared_mias: Path,
             for page, film in zip(pages, films, strict=True):
                 page.set_input_files("input[type=file]", str(film))
             for index, (page, film) in enumerate(zip(pages, films, strict=True)):
-                page.get_by_text("Probabilities").first.wait_for(timeout=120_000)
+                expected = classifier.predict([film])[0].probabilities
+                # Wait for the table itself: the heading can render seconds before it (a
+                # fixed wait after the heading once saw the page without the table).
+                for value in expected.values():
+                    page.get_by_text(f"{value:.6f}").first.wait_for(timeout=120_000)
                 page.wait_for_timeout(1500)  # let the image render for the screenshot
                 text = page.inner_text("body")
-                expected = classifier.predict([film])[0].probabilities
                 for value in expected.values():
                     assert f"{value:.6f}" in text
                 page.screenshot(path=str(tmp_path / f"session{index}.png"), full_page=True)
