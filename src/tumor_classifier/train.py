@@ -214,12 +214,13 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreas
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "model.keras"
     callbacks: list[Any] = [
-        keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss",
-                                        save_best_only=config.keep == "best"),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
         # A NaN loss never recovers: stop there (the checkpoint keeps the best finite epoch).
         keras.callbacks.TerminateOnNaN(),
     ]
+    if config.keep == "best":  # "last" saves once after fit, not at every epoch
+        callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_loss",
+                                                         save_best_only=True))
     if config.patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
@@ -253,6 +254,8 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreas
         callbacks=callbacks,
         verbose=2,  # one line per epoch
     )
+    if config.keep == "last":
+        model.save(checkpoint)
     return history
 
 
