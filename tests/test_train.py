@@ -52,7 +52,7 @@ def test_training_on_real_films_writes_a_complete_run_directory(trained_run: Pat
         history = list(csv.DictReader(handle))
     assert len(history) == 2 and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(
         history[0])
-    assert 1 <= config["best_epoch"] <= 2 and config["collapsed"] is False
+    assert 1 <= config["kept_epoch"] <= 2 and config["collapsed"] is False
     metrics = json.loads((trained_run / "evaluation/validation/metrics.json").read_text())
     assert metrics["n"] == sum(config["data"]["validation"].values())
 
@@ -115,9 +115,9 @@ def test_keep_last_keeps_the_final_epoch_not_the_best(small_dataset: Path,
         # the kept model's validation loss is the one logged for the kept epoch
         kept_loss[keep] = -np.mean(np.log(probabilities[np.arange(len(inputs)),
                                                         validation.labels]))
-        assert kept_loss[keep] == pytest.approx(losses[config["best_epoch"] - 1], rel=1e-4)
+        assert kept_loss[keep] == pytest.approx(losses[config["kept_epoch"] - 1], rel=1e-4)
         expected = 4 if keep == "last" else int(np.argmin(losses)) + 1
-        assert config["best_epoch"] == expected
+        assert config["kept_epoch"] == expected
     assert kept_loss["last"] > kept_loss["best"]  # the two runs kept different epochs
     with pytest.raises(ValueError, match="--keep 'first': use best or last"):
         train(TrainConfig(out=str(tmp_path / "x"), keep="first", **options))

@@ -1,4 +1,5 @@
-"""`train(config) -> run directory`: decode once, fit with class weights, keep the best epoch."""
+"""`train(config) -> run directory`: decode once, fit with class weights, keep one epoch
+(the last, or the one with the lowest validation loss)."""
 
 from __future__ import annotations
 
@@ -350,7 +351,7 @@ def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
 def train(config: TrainConfig) -> Path:
     """Train a model on `config.data_dir/{train,validation}` and write a run directory.
 
-    The run directory holds `model.keras` (the epoch with the lowest validation loss),
+    The run directory holds `model.keras` (the kept epoch, `config.keep`),
     `config.json`, `history.csv`, `plots/history.png` and the evaluation of the validation
     split under `evaluation/validation/`.
 
@@ -469,9 +470,9 @@ def train(config: TrainConfig) -> Path:
             f"Train again with a lower --learning-rate than "
             f"{learning_rate:g}, e.g. {learning_rate / 10:g}.")
     # nanargmin: np.argmin would pick the first NaN epoch of a run that diverged late.
-    best_epoch = int(np.nanargmin(np.where(finite, val_losses, np.nan))) + 1
+    kept_epoch = int(np.nanargmin(np.where(finite, val_losses, np.nan))) + 1
     if config.keep == "last":
-        best_epoch = len(val_losses)
+        kept_epoch = len(val_losses)
     if policy != "float32":
         # Weights are float32 under mixed precision anyway: save the kept checkpoint as a
         # plain float32 model, so predict, the app and the exports run it like any other.
@@ -509,7 +510,7 @@ def train(config: TrainConfig) -> Path:
         },
         "unreadable_skipped": unreadable,
         "devices": devices,
-        "best_epoch": best_epoch,
+        "kept_epoch": kept_epoch,
         "epochs_run": len(val_losses),
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -536,7 +537,7 @@ def train(config: TrainConfig) -> Path:
             "collapsed; validation loss %.2f), so it cannot rank images. Train again with "
             "a lower --learning-rate (e.g. %g), or for a large --image-size a preset with "
             "global pooling (mammo_net, resnet_small, efficientnet_lite0).", run_dir,
-            val_losses[best_epoch - 1], learning_rate / 10)
+            val_losses[kept_epoch - 1], learning_rate / 10)
     temperature = fit_temperature(y_val, raw)
     calibrated = apply_temperature(raw, temperature)
     thresholds = {
@@ -562,8 +563,8 @@ def train(config: TrainConfig) -> Path:
         patient_groups(val_files, data_dir / "validation"),
         run_config["calibration"]["thresholds"],
     )
-    logger.info("best epoch %d of %d (validation loss %.4f)", best_epoch, len(val_losses),
-                val_losses[best_epoch - 1])
+    logger.info("kept epoch %d of %d (%s; validation loss %.4f)", kept_epoch, len(val_losses),
+                config.keep, val_losses[kept_epoch - 1])
     return run_dir
 
 
