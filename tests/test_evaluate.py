@@ -2,11 +2,14 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from tumor_classifier import predict as predict_module
 from tumor_classifier.evaluate import evaluate
 from tumor_classifier.metrics import compute_metrics
 from tumor_classifier.predict import Classifier, expand_paths
@@ -73,7 +76,7 @@ def test_evaluate_default_out_and_bad_folders(trained_run: Path, prepared_mias: 
 @pytest.mark.slow
 def test_a_model_with_the_other_breast_pairs_each_film_with_its_own_woman(
         paired_run: Path, trained_run: Path, prepared_mias: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from tumor_classifier.cli import main
 
     config = json.loads((paired_run / "config.json").read_text())
@@ -86,7 +89,8 @@ def test_a_model_with_the_other_breast_pairs_each_film_with_its_own_woman(
         other = {(prepared_mias / row["file"]).resolve(): prepared_mias / row["other_breast"]
                  for row in csv.DictReader(handle)}
     with (tmp_path / "report" / "predictions.csv").open() as handle:
-        rows = list(csv.DictReader(handle))[::9]
+        every_row = list(csv.DictReader(handle))
+    rows = every_row[::9]
     films = [Path(row["file"]) for row in rows]
     classifier = Classifier.load(paired_run)
     partners = [other[film.resolve()] for film in films]
@@ -107,6 +111,23 @@ def test_a_model_with_the_other_breast_pairs_each_film_with_its_own_woman(
     # outside the dataset has none: one error for it, the other file goes on.
     looked_up = classifier.predict(films[:2])
     assert [r.probabilities for r in looked_up] == [r.probabilities for r in results[:2]]
+    # A whole folder: each film is also its partner's other breast, yet decoded only once.
+    reads: Counter[Path] = Counter()
+
+    def counting(read: Any) -> Any:
+        def counted(source: Any, name: str | None = None) -> Any:
+            reads[Path(source).resolve()] += 1
+            return read(source, name)
+        return counted
+
+    for reader in ("read_image", "read_image_and_metadata"):
+        monkeypatch.setattr(predict_module, reader, counting(getattr(predict_module, reader)))
+    folder = {Path(r.file).resolve(): r for r in classifier.predict(expand_paths([test_dir]))}
+    assert len(folder) == 46 and set(reads.values()) == {1} and set(reads) == set(folder)
+    for row in every_row:
+        assert float(row["prob_CAN"]) == pytest.approx(
+            folder[Path(row["file"]).resolve()].probabilities["CAN"], abs=1e-5)
+    monkeypatch.undo()
     lone = tmp_path / films[0].name
     lone.write_bytes(films[0].read_bytes())
     alone, found = classifier.predict([lone, films[1]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ class Classifier:
         A model trained with --other-breast needs `other_breast`, the same woman's other
         film (same view), preprocessed the same way and put behind the image's channels.
         """
-        model_input = preprocess(image, self.image_size, self.channels, self.crop_breast)
+        model_input = self._film_input(image)
         if self.other_breast != (other_breast is not None):
             raise ValueError(
                 "this model compares both breasts of a woman: give the other breast's film "
@@ -120,8 +121,10 @@ class Classifier:
                 "this model classifies one film; it was not trained with --other-breast.")
         if other_breast is None:
             return model_input
-        return np.concatenate([model_input, preprocess(
-            other_breast, self.image_size, self.channels, self.crop_breast)], axis=-1)
+        return np.concatenate([model_input, self._film_input(other_breast)], axis=-1)
+
+    def _film_input(self, image: np.ndarray) -> np.ndarray:
+        return preprocess(image, self.image_size, self.channels, self.crop_breast)
 
     def _prediction(self, label: str, row: np.ndarray,
                     metadata: dict[str, Any]) -> Prediction:
@@ -149,11 +152,15 @@ class Classifier:
         return [next(found) if path is not None else None for path in paths]
 
     def _read_other_breast(self, label: str, source: Source | None) -> np.ndarray:
+        return read_image(self._other_breast_source(label, source))
+
+    @staticmethod
+    def _other_breast_source(label: str, source: Source | None) -> Source:
         if source is None:
             raise ImageReadError(
                 f"{label}: no other breast given or named in split.csv (other_breast "
                 "column); this model compares both breasts of a woman: pass --other-breast.")
-        return read_image(source)
+        return source
 
     def read(self, source: Source, other_breast: Source | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -189,6 +196,27 @@ class Classifier:
             partners = self._find_other_breasts(sources)
         results: list[Prediction | None] = [None] * len(sources)
         pending: list[tuple[int, str, np.ndarray, dict[str, Any]]] = []
+        # With the other breast, a folder's films are each other's partners: each path is
+        # decoded once and its model input kept until its last use (a woman's two films
+        # lie side by side in a sorted folder, so few wait at a time).
+        uses: Counter[Path] = Counter(
+            Path(item).resolve() for item in [*sources, *(partners or [])]
+            if isinstance(item, (str, Path)))
+        kept: dict[Path, tuple[np.ndarray, dict[str, Any]]] = {}
+
+        def film_input(source: Source, label: str | None) -> tuple[np.ndarray, dict[str, Any]]:
+            key = Path(source).resolve() if isinstance(source, (str, Path)) else None
+            found = kept.get(key) if key is not None else None
+            if found is None:
+                image, metadata = read_image_and_metadata(source, label)
+                found = (self._film_input(image), metadata)
+            if key is not None:
+                uses[key] -= 1
+                if uses[key] > 0:
+                    kept[key] = found
+                else:
+                    kept.pop(key, None)
+            return found
 
         def flush() -> None:
             probabilities = self.predict_batch(np.stack([item[2] for item in pending]))
@@ -204,15 +232,16 @@ class Classifier:
             else:
                 label = str(getattr(source, "name", f"<upload {index + 1}>"))
             try:
-                image, metadata = read_image_and_metadata(source, label)
-                other = None
+                model_input, metadata = film_input(source, label)
                 if partners is not None:
-                    other = self._read_other_breast(label, partners[index])
+                    partner = self._other_breast_source(label, partners[index])
+                    model_input = np.concatenate(
+                        [model_input, film_input(partner, None)[0]], axis=-1)
             except ImageReadError as error:
                 logger.error("%s", error)
                 results[index] = Prediction(file=label, error=str(error))
                 continue
-            pending.append((index, label, self.preprocess(image, other), metadata))
+            pending.append((index, label, model_input, metadata))
             if len(pending) == batch_size:
                 flush()
         if pending:
