@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,3 +77,37 @@ def test_cross_validation_with_the_other_breast(prepared_mias: Path, tmp_path: P
             assert other["file"] != row["file"]
         assert json.loads((tmp_path / "cv" / f"fold{fold}" / "run" / "config.json")
                           .read_text())["input_shape"] == [32, 32, 2]
+
+
+@pytest.mark.slow
+def test_an_interrupted_cv_resumes_where_it_stopped(prepared_mias: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from tumor_classifier import train as train_module
+
+    config = TrainConfig(data_dir="", out="", epochs=2, image_size=32, workers=1)
+    whole = cross_validate(prepared_mias, tmp_path / "whole", config, folds=2)
+    set_epoch, calls = train_module.Batches.set_epoch, []
+
+    def stop_in_the_second_fold(batches: Any, epoch: int) -> None:
+        calls.append(epoch)
+        if len(calls) == 4:  # fold 2, epoch 2
+            raise RuntimeError("power cut")
+        set_epoch(batches, epoch)
+
+    monkeypatch.setattr(train_module.Batches, "set_epoch", stop_in_the_second_fold)
+    with pytest.raises(RuntimeError, match="power cut"):
+        cross_validate(prepared_mias, tmp_path / "cut", config, folds=2)
+    monkeypatch.undo()
+    first_model = tmp_path / "cut" / "fold1" / "run" / "model.keras"
+    finished_at = first_model.stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="continue an interrupted cv there with --resume"):
+        cross_validate(prepared_mias, tmp_path / "cut", config, folds=2)
+    with pytest.raises(ValueError, match="its patients differ from this run's fold 1"):
+        cross_validate(prepared_mias, tmp_path / "cut",
+                       dataclasses.replace(config, resume=True, seed=1), folds=2)
+    resumed = cross_validate(prepared_mias, tmp_path / "cut",
+                             dataclasses.replace(config, resume=True), folds=2)
+    assert first_model.stat().st_mtime_ns == finished_at  # fold 1 was not trained again
+    # fold 2 went on from its first epoch's backup and ended as the uninterrupted run did
+    assert resumed["pooled_out_of_fold"] == whole["pooled_out_of_fold"]
+    assert sum(1 for _ in prepared_mias.rglob("*.png")) == 240

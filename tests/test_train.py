@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -121,6 +122,46 @@ def test_keep_last_keeps_the_final_epoch_not_the_best(small_dataset: Path,
     assert kept_loss["last"] > kept_loss["best"]  # the two runs kept different epochs
     with pytest.raises(ValueError, match="--keep 'first': use best or last"):
         train(TrainConfig(out=str(tmp_path / "x"), keep="first", **options))
+
+
+def test_an_interrupted_run_resumes_after_its_last_finished_epoch(
+        small_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tumor_classifier import train as train_module
+
+    options = dict(data_dir=str(small_dataset), epochs=4, image_size=32, workers=1)
+    whole = train(TrainConfig(out=str(tmp_path / "whole"), **options))
+    set_epoch = train_module.Batches.set_epoch
+
+    def stop_at_third_epoch(batches: Any, epoch: int) -> None:
+        if epoch == 2:
+            raise RuntimeError("power cut")
+        set_epoch(batches, epoch)
+
+    monkeypatch.setattr(train_module.Batches, "set_epoch", stop_at_third_epoch)
+    cut = tmp_path / "cut"
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(TrainConfig(out=str(cut), **options))
+    monkeypatch.undo()
+    assert len(read_history(cut)["loss"]) == 2 and not (cut / "config.json").exists()
+    with pytest.raises(FileExistsError, match="holds an interrupted run; continue it with "
+                       "--resume"):
+        train(TrainConfig(out=str(cut), **options))
+    with pytest.raises(ValueError, match="changed: --epochs 4 then, 5 now"):
+        train(TrainConfig(out=str(cut), resume=True, **{**options, "epochs": 5}))
+    with pytest.raises(FileNotFoundError, match="no interrupted run to resume"):
+        train(TrainConfig(out=str(tmp_path / "new"), resume=True, **options))
+
+    resumed = train(TrainConfig(out=str(cut), resume=True, **options))
+    assert not (resumed / "backup").exists()
+    config = json.loads((resumed / "config.json").read_text())
+    assert config["kept_epoch"] == 4 and config["epochs_run"] == 4
+    # Weights, optimizer state and the batch order were restored: the run goes on
+    # exactly as the uninterrupted one did.
+    for column, values in read_history(whole).items():
+        assert read_history(resumed)[column] == pytest.approx(values, rel=1e-5), column
+    calibration = json.loads((whole / "config.json").read_text())["calibration"]
+    assert config["calibration"]["temperature"] == pytest.approx(calibration["temperature"])
+    assert config["calibration"]["thresholds"] == pytest.approx(calibration["thresholds"])
 
 
 def test_focal_loss_and_cosine_schedule() -> None:

@@ -87,6 +87,9 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                         help="decoded-image cache (default: ~/.cache/tumor-classifier)")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="train without unreadable images instead of refusing to start")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out from its last finished "
+                        "epoch (pass the same options)")
 
 
 def build_parser() -> argparse.ArgumentParser:

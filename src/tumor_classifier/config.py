@@ -85,6 +85,9 @@ class TrainConfig:
     distribute: str = "none"
     # Where decoded images are cached (None: $TUMOR_CLASSIFIER_CACHE or ~/.cache/...).
     cache_dir: str | None = None
+    # Continue an interrupted run in `out` from its last finished epoch (the same options;
+    # Keras' BackupAndRestore keeps the weights and optimizer state in out/backup/).
+    resume: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

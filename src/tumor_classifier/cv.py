@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .config import TrainConfig, save_json
+from .config import TrainConfig, load_json, save_json
 from .data import scan_folder
 from .evaluate import write_evaluation
 
@@ -99,6 +99,8 @@ def patient_folds(labels: list[str], patients: list[str], folds: int,
 
 def _link(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():  # ours, from an interrupted run: replace it
+        target.unlink()
     try:
         os.symlink(source.resolve(), target)
     except OSError:  # file systems without symlinks: copy (the source is still only read)
@@ -119,6 +121,42 @@ def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return values
 
 
+def _write_fold_data(fold_dir: Path, rows: list[list[str]], link_sources: dict[str, Path],
+                     circles: dict[Path, list[tuple[float, float, float]]]) -> None:
+    """The fold's dataset: links to the films, split.csv and the lesion circles."""
+    for relative, *_ in rows:
+        _link(link_sources[relative], fold_dir / "data" / relative)
+    if circles:  # lesion circles follow their films into the fold
+        with (fold_dir / "data" / "annotations.csv").open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "x", "y", "radius"])
+            for relative, *_ in rows:
+                for x, y, radius in circles.get(link_sources[relative], []):
+                    writer.writerow([relative, x, y, radius])
+    # Written last: a fold with its split.csv has all its files (for --resume).
+    with (fold_dir / "data" / "split.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", "patient_id", "split", "other_breast"])
+        writer.writerows(rows)
+
+
+def _pool(metrics: dict[str, Any], test: Any, samples: list[Sample], in_fold: dict[Path, str],
+          fold_dir: Path, class_names: tuple[str, ...], probabilities: np.ndarray,
+          predicted: np.ndarray) -> None:
+    """Put the fold's own test predictions (paired by file) into the pooled arrays, rather
+    than decoding and predicting the test films a second time."""
+    if tuple(metrics["class_names"]) != class_names:
+        raise ValueError(f"{fold_dir} lacks a class: {metrics['class_names']}")
+    with (Path(metrics["report_dir"]) / "predictions.csv").open(encoding="utf-8") as f:
+        by_file = {row["file"]: [float(row[f"prob_{name}"]) for name in class_names]
+                   for row in csv.DictReader(f)}
+    for index in test:
+        test_file = str(fold_dir / "data" / in_fold[samples[index].path.resolve()])
+        if test_file in by_file:  # unreadable files were left out by evaluate
+            probabilities[index] = by_file[test_file]
+            predicted[index] = True
+
+
 def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 5,
                    groups_csv: Path | None = None) -> dict[str, Any]:
     """Train and evaluate `folds` models, each tested on patients it never saw.
@@ -132,8 +170,12 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         The summary (also `out/cv_summary.json`).
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: folder exists and is not empty; choose another --out.")
+    if config.resume and not (out / "fold1").is_dir():
+        raise FileNotFoundError(f"{out}: no interrupted cross-validation to resume (no fold1/); "
+                                "run cv without --resume.")
+    if not config.resume and out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: folder exists and is not empty; choose another --out, "
+                              "or continue an interrupted cv there with --resume.")
     samples = load_samples(Path(data_dir), groups_csv)
     labels = [sample.label for sample in samples]
     class_names = tuple(sorted(set(labels)))
@@ -158,50 +200,49 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         link_sources: dict[str, Path] = {}
         for part, sample in placed:
             relative = in_fold[sample.path.resolve()]
-            _link(sample.path, fold_dir / "data" / relative)
             # Folds are by patient, so the other breast is in the same part; an empty cell
             # where the dataset does not name it.
             other = in_fold.get(sample.other_breast.resolve(), "") if sample.other_breast else ""
             rows.append([relative, sample.label, sample.patient, part, other])
             link_sources[relative] = sample.path.resolve()
-        if circles:  # lesion circles follow their films into the fold
-            with (fold_dir / "data" / "annotations.csv").open(
-                    "w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(["file", "x", "y", "radius"])
-                for relative, *_ in rows:
-                    source = link_sources[relative]
-                    for x, y, radius in circles.get(source, []):
-                        writer.writerow([relative, x, y, radius])
-        with (fold_dir / "data" / "split.csv").open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "label", "patient_id", "split", "other_breast"])
-            writer.writerows(rows)
+        table = fold_dir / "data" / "split.csv"
+        done = fold_dir / "fold.json"  # written when the fold's training and test are over
+        if config.resume and table.is_file():
+            with table.open(encoding="utf-8") as f:
+                if list(csv.reader(f))[1:] != rows:
+                    raise ValueError(
+                        f"{fold_dir}: its patients differ from this run's fold {fold + 1}; "
+                        "--resume needs the same DATA_DIR, --folds, --groups and --seed.")
+            if done.is_file():
+                per_fold.append(load_json(done))
+                _pool(per_fold[-1], split[2], samples, in_fold, fold_dir, class_names,
+                      pooled_probabilities, predicted)
+                continue
+        else:
+            _write_fold_data(fold_dir, rows, link_sources, circles)
         from .evaluate import evaluate
         from .train import train
 
+        run = fold_dir / "run"
         started = time.perf_counter()
-        run_dir = train(dataclasses.replace(config, data_dir=str(fold_dir / "data"),
-                                            out=str(fold_dir / "run")))
-        seconds = time.perf_counter() - started
+        seconds: float | None = None
+        if config.resume and (run / "config.json").is_file():  # trained, not yet tested
+            run_dir = run
+        else:  # a resumed fold's time is that of its resumed part
+            run_dir = train(dataclasses.replace(
+                config, data_dir=str(fold_dir / "data"), out=str(run),
+                resume=config.resume and (run / "backup").is_dir()))
+            seconds = time.perf_counter() - started
         metrics = evaluate(run_dir, fold_dir / "data" / "test",
                            cache_dir=Path(config.cache_dir) if config.cache_dir else None)
         metrics["train_seconds"] = seconds
+        save_json(metrics, done)
         per_fold.append(metrics)
-        if tuple(metrics["class_names"]) != class_names:
-            raise ValueError(f"fold {fold + 1} lacks a class: {metrics['class_names']}")
-        # Pool the fold's own test predictions (paired by file), rather than decoding and
-        # predicting the test films a second time.
-        with (Path(metrics["report_dir"]) / "predictions.csv").open(encoding="utf-8") as f:
-            by_file = {row["file"]: [float(row[f"prob_{name}"]) for name in class_names]
-                       for row in csv.DictReader(f)}
-        for index in split[2]:
-            test_file = str(fold_dir / "data" / in_fold[samples[index].path.resolve()])
-            if test_file in by_file:  # unreadable files were left out by evaluate
-                pooled_probabilities[index] = by_file[test_file]
-                predicted[index] = True
-        logger.info("fold %d/%d: accuracy %.3f, macro AUC %s, %.0f s", fold + 1, folds,
-                    metrics["accuracy"], metrics["macro_auc_ovr"], seconds)
+        _pool(metrics, split[2], samples, in_fold, fold_dir, class_names,
+              pooled_probabilities, predicted)
+        logger.info("fold %d/%d: accuracy %.3f, macro AUC %s, trained in %s s", fold + 1,
+                    folds, metrics["accuracy"], metrics["macro_auc_ovr"],
+                    "?" if seconds is None else f"{seconds:.0f}")
 
     keys = sorted(set().union(*(_scalars(metrics) for metrics in per_fold)))
     summary_rows: dict[str, dict[str, float | None]] = {}
