@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, resume
 from .cache import CachedImages, WithOtherBreast, cache_images
-from .config import TrainConfig, load_json, save_json
+from .config import TrainConfig, save_json
 from .data import ImageFolder, other_breasts, pair_with_other_breasts, scan_folder
 from .distribute import distribution_scope
 from .evaluate import patient_groups, write_evaluation
@@ -215,18 +215,16 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreas
 
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "model.keras"
-    backup = run_dir / BACKUP
-    finished = _finished_epochs(run_dir) if config.resume else 0
+    finished = resume.finished_epochs(run_dir) if config.resume else 0
     best_so_far = None
-    if finished:  # the epochs after the backup's (an interrupted write) are run again
-        history = _truncate_history(run_dir, finished)
-        losses = [loss for loss in history.get("val_loss", []) if math.isfinite(loss)]
+    if finished:
+        resume.truncate_history(run_dir, finished)
+        losses = [loss for loss in read_history(run_dir).get("val_loss", [])
+                  if math.isfinite(loss)]
         best_so_far = min(losses) if losses else None
         logger.info("resuming %s after epoch %d of %d", run_dir, finished, config.epochs)
     callbacks: list[Any] = [
-        # Weights, optimizer state and epoch after every epoch; deleted when fit ends.
-        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
-        _seed_states(backup / "seed_states.json"),
+        *resume.backup_callbacks(run_dir),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(finished)),
         # A NaN loss never recovers: stop there (the checkpoint keeps the best finite epoch).
         keras.callbacks.TerminateOnNaN(),
@@ -270,83 +268,6 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreas
     )
     if config.keep == "last":
         model.save(checkpoint)
-
-
-BACKUP, OPTIONS = "backup", "options.json"
-
-
-def _seed_states(path: Path) -> Any:
-    """A callback that keeps the model's random streams with the backup (`SeedStates`)."""
-    import keras
-
-    class SeedStates(keras.callbacks.Callback):
-        """The counters of the model's random streams (dropout, augmentation), which Keras'
-        backup leaves out: saved beside it after every epoch and restored with it, so that a
-        resumed run draws the masks the uninterrupted one would have (and ends the same)."""
-
-        def __init__(self, path: Path) -> None:
-            super().__init__()
-            self.path = path
-
-        def _states(self) -> list[Any]:
-            return [variable for variable in self.model.variables
-                    if variable.path.endswith("seed_generator_state")]
-
-        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-            if self.path.is_file() and (saved := load_json(self.path))["epoch"] == (
-                    _finished_epochs(self.path.parent.parent)):
-                for variable, value in zip(self._states(), saved["states"], strict=True):
-                    variable.assign(np.asarray(value, variable.dtype))
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            save_json({"epoch": epoch + 1, "states": [
-                keras.ops.convert_to_numpy(variable).tolist() for variable in self._states()]},
-                self.path)
-
-    return SeedStates(path)
-
-
-def _finished_epochs(run_dir: Path) -> int:
-    """Epochs an interrupted run finished, by its backup (0: no backup)."""
-    metadata = run_dir / BACKUP / "training_metadata.json"  # written by BackupAndRestore
-    return int(load_json(metadata)["epoch"]) if metadata.is_file() else 0
-
-
-def _truncate_history(run_dir: Path, epochs: int) -> dict[str, list[float]]:
-    """Keep the first `epochs` rows of history.csv (a run stopped between its backup and
-    its log line has one more or one fewer) and return them as columns."""
-    path = run_dir / "history.csv"
-    if not path.is_file():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    path.write_text("".join(lines[: epochs + 1]), encoding="utf-8")
-    return read_history(run_dir)
-
-
-def _check_resume(config: TrainConfig, run_dir: Path) -> None:
-    """A new run needs a fresh --out; --resume needs an interrupted run started with the
-    same options."""
-    interrupted = (run_dir / BACKUP / OPTIONS).is_file()
-    if not config.resume:
-        if (run_dir / "model.keras").exists() and not interrupted:
-            raise FileExistsError(
-                f"{run_dir}: already holds a trained model; choose another --out.")
-        if interrupted:
-            raise FileExistsError(
-                f"{run_dir}: holds an interrupted run; continue it with --resume (and the same "
-                "options), or choose another --out.")
-        return
-    if not interrupted:
-        raise FileNotFoundError(
-            f"{run_dir}: no interrupted run to resume (no {BACKUP}/{OPTIONS}; a run that "
-            "finished deletes it); train without --resume.")
-    started = load_json(run_dir / BACKUP / OPTIONS)
-    given = dataclasses.replace(config, resume=False).to_dict()
-    changed = [f"--{key.replace('_', '-')} {started[key]!r} then, {given[key]!r} now"
-               for key in given if started.get(key) != given[key]]
-    if changed:
-        raise ValueError(f"{run_dir}: --resume needs the options the run started with; "
-                         f"changed: {'; '.join(changed)}.")
 
 
 @contextlib.contextmanager
@@ -454,7 +375,7 @@ def train(config: TrainConfig) -> Path:
     from .models import PRETRAINED, build_model, freeze_batch_norm
 
     data_dir, run_dir = Path(config.data_dir), Path(config.out)
-    _check_resume(config, run_dir)
+    resume.check(config, run_dir)
     requested = config  # as given: what --resume must repeat
     for name, value in (("epochs", config.epochs), ("batch_size", config.batch_size),
                         ("image_size", config.image_size)):
@@ -547,8 +468,7 @@ def train(config: TrainConfig) -> Path:
         model.compile(optimizer=_optimizer(config, learning_rate, steps),
                       loss=_loss(config.loss), metrics=["accuracy"])
         if not config.resume:
-            (run_dir / BACKUP).mkdir(parents=True, exist_ok=True)
-            save_json(requested.to_dict(), run_dir / BACKUP / OPTIONS)
+            resume.save_options(requested, run_dir)
         _fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
              num_classes, weights, run_dir, devices)
     history = read_history(run_dir)  # every epoch, those before a --resume included
