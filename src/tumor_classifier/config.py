@@ -69,7 +69,7 @@ class TrainConfig:
     # lowest validation loss). With tens of validation films the lowest validation loss
     # is a noisy choice; "last" measured better by 5-fold CV on mini-MIAS (README).
     keep: str = "last"
-    # Early stopping on validation loss; None trains all epochs (the best epoch is kept anyway).
+    # Early stopping on validation loss (patience in epochs); None trains all epochs.
     patience: int | None = None
     seed: int = 0
     # Train even if some images cannot be read (they are listed in config.json), instead
