@@ -82,8 +82,10 @@ def test_cross_validation_with_the_other_breast(prepared_mias: Path, tmp_path: P
 @pytest.mark.slow
 def test_an_interrupted_cv_resumes_where_it_stopped(prepared_mias: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from tumor_classifier import resume
     from tumor_classifier import train as train_module
 
+    monkeypatch.setattr(resume, "BACKUP_SECONDS", 0.0)  # a backup after every epoch
     config = TrainConfig(data_dir="", out="", epochs=2, image_size=32, workers=1)
     whole = cross_validate(prepared_mias, tmp_path / "whole", config, folds=2)
     set_epoch, calls = train_module.Batches.set_epoch, []
@@ -98,6 +100,7 @@ def test_an_interrupted_cv_resumes_where_it_stopped(prepared_mias: Path, tmp_pat
     with pytest.raises(RuntimeError, match="power cut"):
         cross_validate(prepared_mias, tmp_path / "cut", config, folds=2)
     monkeypatch.undo()
+    monkeypatch.setattr(resume, "BACKUP_SECONDS", 0.0)
     first_model = tmp_path / "cut" / "fold1" / "run" / "model.keras"
     finished_at = first_model.stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="continue an interrupted cv there with --resume"):

@@ -126,8 +126,10 @@ def test_keep_last_keeps_the_final_epoch_not_the_best(small_dataset: Path,
 
 def test_an_interrupted_run_resumes_after_its_last_finished_epoch(
         small_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tumor_classifier import resume
     from tumor_classifier import train as train_module
 
+    monkeypatch.setattr(resume, "BACKUP_SECONDS", 0.0)  # a backup after every epoch
     options = dict(data_dir=str(small_dataset), epochs=4, image_size=32, workers=1)
     whole = train(TrainConfig(out=str(tmp_path / "whole"), **options))
     set_epoch = train_module.Batches.set_epoch
@@ -142,6 +144,7 @@ def test_an_interrupted_run_resumes_after_its_last_finished_epoch(
     with pytest.raises(RuntimeError, match="power cut"):
         train(TrainConfig(out=str(cut), **options))
     monkeypatch.undo()
+    monkeypatch.setattr(resume, "BACKUP_SECONDS", 0.0)
     assert len(read_history(cut)["loss"]) == 2 and not (cut / "config.json").exists()
     with pytest.raises(FileExistsError, match="holds an interrupted run; continue it with "
                        "--resume"):
