@@ -19,10 +19,11 @@ import numpy as np
 from .config import TrainConfig, load_json, save_json
 
 BACKUP, OPTIONS = "backup", "options.json"
-# Seconds of training between two backups. Each writes the weights and the optimizer state
-# (89 MB and about 0.15 s for the default model, 256 px, two channels), so backing up every
-# 2-second epoch of a small run would slow it by a tenth; with this interval the cost stays
-# under 1%, and a run stopped before its first backup starts again from the beginning.
+# Seconds of training between two backups. For the default model (256 px, two channels) a
+# backup writes 89 MB of weights and optimizer state in 0.15 s and copies the previous one
+# in 0.07 s, against 1.2 s for an epoch of 144 films (2-core CPU): a backup every epoch
+# would slow such runs by a fifth. At this interval the cost stays under 1%; a run stopped
+# before its first backup starts again from the beginning.
 BACKUP_SECONDS = 30.0
 # Options that change how fast a run goes, not what it computes: free to differ on resume.
 _FREE = ("workers", "cache_dir", "resume")
