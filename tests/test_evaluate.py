@@ -139,3 +139,23 @@ def test_a_model_with_the_other_breast_pairs_each_film_with_its_own_woman(
     assert main(["predict", str(trained_run), str(films[0]),
                  "--other-breast", str(partners[0])]) == 2
     assert "this model classifies one film" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_class_folders_named_benign_malignant_normal_get_the_clinical_questions(
+        small_dataset: Path, tmp_path: Path) -> None:
+    from tumor_classifier.config import TrainConfig
+    from tumor_classifier.train import train
+
+    names = {"BEN": "benign", "CAN": "malignant", "NOR": "normal"}
+    for split in ("train", "validation"):
+        for short, long in names.items():
+            (small_dataset / split / short).rename(small_dataset / split / long)
+    run_dir = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "run"),
+                                epochs=1, image_size=32, workers=1))
+    metrics = evaluate(run_dir, small_dataset / "validation", tmp_path / "report")
+    assert metrics["class_names"] == ["benign", "malignant", "normal"]
+    assert set(metrics["binary"]) == {"CAN_vs_rest", "abnormal_vs_normal"}
+    calibration = json.loads((run_dir / "config.json").read_text())["calibration"]
+    assert set(calibration["thresholds"]) <= {"CAN_vs_rest", "abnormal_vs_normal"}
+    assert "abnormal_vs_normal" in (tmp_path / "report" / "report.txt").read_text()

@@ -97,3 +97,22 @@ def test_binary_tasks_in_compute_metrics() -> None:
     assert abnormal["argmax"] == {"sensitivity": 1.0, "specificity": 0.5}
     assert abnormal["at_validation_90_specificity"]["specificity"] == 0.5
     assert metrics["binary"]["CAN_vs_rest"]["auc"] == pytest.approx(1.0)
+
+
+def test_the_clinical_questions_find_their_classes_by_synonym() -> None:
+    from tumor_classifier.config import class_index, describe_class
+
+    # breast-ultrasound sets name their folders benign/malignant/normal
+    assert class_index(("benign", "malignant", "normal"), "CAN") == 1
+    assert class_index(("Benign", "Malignant", "Normal"), "NOR") == 2
+    assert class_index(("BEN", "CAN", "NOR"), "NOR") == 2
+    assert class_index(("a", "b"), "NOR") is None
+    assert class_index(("NOR", "normal"), "NOR") is None  # ambiguous: neither is chosen
+    assert describe_class("malignant") == "Malignant finding" and describe_class("x") == "x"
+    labels = np.array([0, 1, 2, 2])
+    probabilities = np.array([[.6, .3, .1], [.2, .7, .1], [.1, .2, .7], [.5, .1, .4]])
+    by_name = compute_metrics(labels, probabilities, NAMES)["binary"]
+    by_synonym = compute_metrics(labels, probabilities, ("benign", "malignant", "normal"))
+    assert by_synonym["binary"] == by_name and set(by_name) == {"CAN_vs_rest",
+                                                                "abnormal_vs_normal"}
+    assert compute_metrics(labels, probabilities, ("a", "b", "c"))["binary"] == {}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from tumor_classifier.config import CLASS_DESCRIPTIONS
+from tumor_classifier.config import describe_class
 from tumor_classifier.explain import grad_cam, overlay
 from tumor_classifier.imaging import ImageReadError, read_image_and_metadata, stretch
 from tumor_classifier.predict import Classifier
@@ -116,7 +116,7 @@ def show_result(classifier: Classifier, name: str, data: bytes, opacity: float,
     model_input = classifier.preprocess(image, other)
     result = classifier.predict_input(model_input, name, metadata)
     assert result.prediction is not None
-    decision = CLASS_DESCRIPTIONS.get(result.prediction, result.prediction)
+    decision = describe_class(result.prediction)
     st.subheader(f"{name}: {decision}")
     left, right = st.columns([3, 2])
     display = _display_image(image)
@@ -131,7 +131,7 @@ def show_result(classifier: Classifier, name: str, data: bytes, opacity: float,
         st.markdown("**Probabilities** (calibrated)")
         st.altair_chart(_probability_chart(result.probabilities), width="stretch")
         st.table({"class": list(result.probabilities),
-                  "description": [CLASS_DESCRIPTIONS.get(k, k) for k in result.probabilities],
+                  "description": [describe_class(k) for k in result.probabilities],
                   "probability": [f"{v:.6f}" for v in result.probabilities.values()]})
         if metadata.get("format") == "DICOM":
             st.markdown("**DICOM**")

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import __version__
 from .cache import CacheWriteError
-from .config import CLASS_DESCRIPTIONS, TrainConfig
+from .config import TrainConfig, describe_class
 
 logger = logging.getLogger("tumor_classifier")
 
@@ -248,7 +248,7 @@ def _predict(args: argparse.Namespace) -> int:
             continue  # already logged, one line per file
         assert result.prediction is not None
         probabilities = "  ".join(f"{name} {result.probabilities[name]:.3f}" for name in names)
-        description = CLASS_DESCRIPTIONS.get(result.prediction, result.prediction)
+        description = describe_class(result.prediction)
         print(f"{result.file}: {result.prediction} ({description})  {probabilities}")
     if args.csv:
         with args.csv.open("w", newline="", encoding="utf-8") as handle:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,32 @@ CLASS_DESCRIPTIONS = {
     "CAN": "Malignant finding",
     "NOR": "No finding (normal)",
 }
+
+# Folder names that mean each class, in any case: public breast-imaging sets name their
+# class folders benign/malignant/normal (breast ultrasound) as often as BEN/CAN/NOR. The
+# clinical questions (CAN vs rest, abnormal vs normal), the normal class of lesion-patch
+# pretraining and mammo_mil, and the decision in words find their class by these.
+CLASS_SYNONYMS = {
+    "BEN": ("ben", "benign"),
+    "CAN": ("can", "malignant", "cancer"),
+    "NOR": ("nor", "normal"),
+}
+
+
+def class_index(class_names: Sequence[str], role: str) -> int | None:
+    """The position in `class_names` of the one class that means `role` (BEN, CAN or NOR,
+    `CLASS_SYNONYMS`), or None when no class, or more than one, does."""
+    found = [index for index, name in enumerate(class_names)
+             if name.strip().lower() in CLASS_SYNONYMS[role]]
+    return found[0] if len(found) == 1 else None
+
+
+def describe_class(name: str) -> str:
+    """The decision in words ("Malignant finding") for a class name, or the name itself."""
+    for role, description in CLASS_DESCRIPTIONS.items():
+        if class_index([name], role) is not None:
+            return description
+    return name
 
 
 @dataclass(frozen=True)

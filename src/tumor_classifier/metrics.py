@@ -17,6 +17,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from .config import class_index
+
 TARGET_SPECIFICITY = 0.9
 CALIBRATION_BINS = 15
 
@@ -44,16 +46,15 @@ def binary_tasks(
     - `CAN_vs_rest`: malignant or not; score = P(CAN).
     - `abnormal_vs_normal`: any finding (BEN or CAN) or normal; score = 1 - P(NOR).
 
+    The classes are found by name, BEN/CAN/NOR or a synonym (`config.CLASS_SYNONYMS`).
+
     Returns each task's (truth, score, argmax decision) as arrays.
     """
-    names = list(class_names)
     predicted = np.asarray(probabilities).argmax(axis=1)
     tasks = {}
-    if "CAN" in names:
-        index = names.index("CAN")
+    if (index := class_index(class_names, "CAN")) is not None:
         tasks["CAN_vs_rest"] = (labels == index, probabilities[:, index], predicted == index)
-    if "NOR" in names:
-        index = names.index("NOR")
+    if (index := class_index(class_names, "NOR")) is not None:
         tasks["abnormal_vs_normal"] = (
             labels != index, 1.0 - probabilities[:, index], predicted != index
         )

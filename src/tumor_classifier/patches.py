@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import class_index
 from .imaging import ImageReadError, crop_to, find_breast, preprocess, read_image, to_grey
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,10 @@ def sample_patches(
     each marked lesion (labelled with the film's class) and `per_normal_image` windows of
     breast tissue from each film of class NOR. With `crop`, the films are preprocessed as
     `crop_breast` does and the lesion circles are mapped into the crop."""
-    if "NOR" not in class_names:
-        raise ValueError("lesion-patch pretraining needs a NOR class for background patches.")
-    normal = list(class_names).index("NOR")
+    normal = class_index(class_names, "NOR")
+    if normal is None:
+        raise ValueError("lesion-patch pretraining needs a NOR (normal) class for background "
+                         "patches.")
     rng = np.random.default_rng(seed)
     patches, targets = [], []
     for path, label in zip(files, labels, strict=True):

@@ -24,7 +24,7 @@ from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from pydantic import BaseModel, Field
 
 from . import __version__
-from .config import CLASS_DESCRIPTIONS
+from .config import describe_class
 from .imaging import read_image_and_metadata
 from .predict import Classifier
 
@@ -143,7 +143,7 @@ def create_app(run_dir: Path | str) -> FastAPI:
         prediction = str(result.prediction)
         response = PredictionResponse(
             file=name, prediction=prediction,
-            decision=CLASS_DESCRIPTIONS.get(prediction, prediction),
+            decision=describe_class(prediction),
             probabilities=result.probabilities,
             model=model_info,
             dicom=DicomInfo(**{key: metadata.get(key) for key in DicomInfo.model_fields})

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__, resume
 from .cache import CachedImages, WithOtherBreast, cache_images
-from .config import TrainConfig, save_json
+from .config import TrainConfig, class_index, save_json
 from .data import ImageFolder, other_breasts, pair_with_other_breasts, scan_folder
 from .distribute import distribution_scope
 from .evaluate import patient_groups, write_evaluation
@@ -332,10 +332,10 @@ def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
         logger.warning("%s: no annotations.csv (file,x,y,radius of each lesion), so no "
                        "lesion-patch pretraining; training on whole images only.", data_dir)
         return False
-    if "NOR" not in class_names:
-        raise ValueError("lesion-patch pretraining needs a NOR class folder: normal tissue "
-                         "is what lesion patches are learned against.")
-    normal = class_names.index("NOR")
+    normal = class_index(class_names, "NOR")
+    if normal is None:
+        raise ValueError("lesion-patch pretraining needs a NOR (or normal) class folder: "
+                         "normal tissue is what lesion patches are learned against.")
     # mammo_mil mines hard negatives from the whole normal films.
     normal_images = x_train[train_rows[labels == normal]] if config.model == "mammo_mil" else None
     # mammo_mil's window, so its patch classifier is the one it slides over the film.
@@ -450,7 +450,7 @@ def train(config: TrainConfig) -> Path:
                                  weights=backbone_weights or config.weights)
     num_classes = len(class_names)
     started = datetime.datetime.now(datetime.UTC)
-    normal_index = class_names.index("NOR") if "NOR" in class_names else None
+    normal_index = class_index(class_names, "NOR")
     with distribution_scope(config.distribute, config.batch_size) as devices, \
             _precision(config.precision) as policy:
         model = build_model(config.model, input_shape, len(class_names), backbone_weights,
