@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
+import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,3 +130,28 @@ def test_two_stage_training_on_real_lesions_and_without_annotations(
     assert any("no annotations.csv" in line and "whole images only" in line
                for line in caplog.messages)
     assert not any("lesion-patch pretraining on" in line for line in caplog.messages)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_without_a_backup_runs_its_patch_stage_again(
+        small_dataset: Path, prepared_mias: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from tumor_classifier import train as train_module
+
+    shutil.copy(prepared_mias / "annotations.csv", small_dataset / "annotations.csv")
+    options = dict(data_dir=str(small_dataset), out=str(tmp_path / "run"), model="mammo_net",
+                   image_size=64, epochs=2, batch_size=4, patch_pretrain_epochs=1, workers=1)
+
+    def power_cut(batches: Any, epoch: int) -> None:
+        raise RuntimeError("power cut")
+
+    # stopped in its first epoch, long before the first backup (every 30 s of training)
+    monkeypatch.setattr(train_module.Batches, "set_epoch", power_cut)
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(TrainConfig(**options))
+    monkeypatch.undo()
+    caplog.set_level(logging.INFO, logger="tumor_classifier")
+    run_dir = train(TrainConfig(**options, resume=True))
+    # nothing was restored, so the whole-film stage did not start from random weights
+    assert "lesion-patch pretraining on" in caplog.text
+    assert json.loads((run_dir / "config.json").read_text())["kept_epoch"] == 2

@@ -9,7 +9,6 @@ uninterrupted one would have and ends the same.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ def check(config: TrainConfig, run_dir: Path) -> None:
 def save_options(config: TrainConfig, run_dir: Path) -> None:
     """Record the options a run starts with (as given), for `check` on --resume."""
     (run_dir / BACKUP).mkdir(parents=True, exist_ok=True)
-    save_json(dataclasses.replace(config, resume=False).to_dict(), run_dir / BACKUP / OPTIONS)
+    save_json(config.to_dict(), run_dir / BACKUP / OPTIONS)
 
 
 def finished_epochs(run_dir: Path) -> int:
@@ -100,8 +99,8 @@ def backup_callbacks(run_dir: Path) -> list[Any]:
                 self.last = time.monotonic()
 
     class SeedStates(keras.callbacks.Callback):
-        """The counters of the model's random streams, saved beside the backup after every
-        epoch and restored with it."""
+        """The counters of the model's random streams, saved with each backup and restored
+        with it."""
 
         def __init__(self, path: Path) -> None:
             super().__init__()

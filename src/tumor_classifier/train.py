@@ -209,8 +209,8 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreas
          val_rows: np.ndarray, y_val: np.ndarray,
          num_classes: int, weights: dict[int, float] | None, run_dir: Path,
          devices: int) -> None:
-    """`model.fit` on the cached images with the checkpoint, history, early stopping and a
-    backup after every epoch (for --resume)."""
+    """`model.fit` on the cached images with the checkpoint, history, early stopping and the
+    backups that --resume goes on from."""
     import keras
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -455,8 +455,10 @@ def train(config: TrainConfig) -> Path:
             _precision(config.precision) as policy:
         model = build_model(config.model, input_shape, len(class_names), backbone_weights,
                             normal_index)
+        # A resumed run whose backup holds weights has had its patch stage already.
+        restored = config.resume and resume.finished_epochs(run_dir) > 0
         if config.patch_pretrain_epochs > 0 and (
-                (data_dir / "annotations.csv").is_file() if config.resume  # weights restored
+                (data_dir / "annotations.csv").is_file() if restored
                 else _pretrain_on_lesions(model, config, data_dir, train_files, y_train,
                                           class_names, x_train, train_rows, learning_rate)):
             # Then fine-tune on whole films as Keras' transfer-learning guide does: frozen
