@@ -43,6 +43,27 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path,
         "check the path."
 
 
+def test_plain_class_folders_are_split_by_patient_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import ramp, write_png
+
+    for name in ("BEN/p1_a.png", "CAN/p2_a.png", "CAN/p2_b.png", "NOR/p3_a.png"):
+        write_png(tmp_path / "flat" / name, ramp())
+    code = main(["train", str(tmp_path / "flat"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith(f"error: {tmp_path / 'flat'}: no train/ folder;")
+    assert f"tumor-classifier prepare folders {tmp_path / 'flat'} DEST" in err
+    code = main(["prepare", "folders", str(tmp_path / "flat"), str(tmp_path / "split"),
+                 "--patient-pattern", r"p\d", "--fractions", "1,0,0"])
+    out = capsys.readouterr().out
+    assert code == 0 and "train          4   BEN 1  CAN 2  NOR 1" in out
+    assert "wrote " + str(tmp_path / "split") in out
+    with pytest.raises(SystemExit):  # argparse: one of the three ways is required
+        main(["prepare", "folders", str(tmp_path / "flat"), str(tmp_path / "other")])
+
+
 @pytest.mark.slow
 def test_jax_backend_smoke(small_dataset: Path, tmp_path: Path) -> None:
     """The same code trains and predicts on the JAX backend (the GPU path)."""

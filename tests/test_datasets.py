@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tumor_classifier.datasets import parse_mias_info, prepare_mini_mias, split_patients
+from tumor_classifier.cv import load_samples
+from tumor_classifier.data import scan_folder
+from tumor_classifier.datasets import (
+    parse_mias_info,
+    prepare_folders,
+    prepare_mini_mias,
+    split_patients,
+)
 
 
 def _rows(dest: Path) -> list[dict[str, str]]:
@@ -106,3 +114,80 @@ def test_prepare_names_each_films_other_breast(prepared_mias: Path) -> None:
         assert other["file"] != row["file"] and other["other_breast"] == row["file"]
     first = next(row for row in rows if row["file"].endswith("/mdb001.png"))
     assert first["other_breast"].endswith("/mdb002.png")
+
+
+def _flat_films(prepared_mias: Path, source: Path) -> None:
+    """The 240 real films as plain class folders, the woman in each name (hard links)."""
+    for row in _rows(prepared_mias):
+        target = source / row["label"] / f"{row['patient_id']}_{Path(row['file']).name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(prepared_mias / row["file"], target)
+
+
+def test_prepare_folders_splits_real_films_by_patient_and_only_links_them(
+    prepared_mias: Path, tmp_path: Path
+) -> None:
+    source = tmp_path / "flat"
+    _flat_films(prepared_mias, source)
+    before = sorted((path, path.stat().st_mtime_ns) for path in source.rglob("*"))
+    counts = prepare_folders(source, tmp_path / "split", patient_pattern=r"mias\d+")
+    rows = _rows(tmp_path / "split")
+    assert len(rows) == sum(sum(per_class.values()) for per_class in counts.values()) == 240
+    splits_of: dict[str, set[str]] = {}
+    for row in rows:
+        film = tmp_path / "split" / row["file"]
+        # linked to its own source film, under its split and class; patient from the name
+        assert film.is_symlink() and film.samefile(source / row["label"] / film.name)
+        assert film.parts[-3:-1] == (row["split"], row["label"])
+        assert film.name.startswith(row["patient_id"] + "_")
+        splits_of.setdefault(row["patient_id"], set()).add(row["split"])
+    assert len(splits_of) == 120 and all(len(splits) == 1 for splits in splits_of.values())
+    women = Counter(next(iter(splits)) for splits in splits_of.values())
+    assert women == {"train": 72, "validation": 24, "test": 24}
+    assert all(count > 0 for per_class in counts.values() for count in per_class.values())
+    assert sorted((path, path.stat().st_mtime_ns) for path in source.rglob("*")) == before
+    # the split layout every command reads
+    assert len(scan_folder(tmp_path / "split" / "train").files) == sum(counts["train"].values())
+    assert len(load_samples(tmp_path / "split")) == 240
+
+    # the same patients from a CSV give the same split; another seed another one
+    groups = tmp_path / "groups.csv"
+    with groups.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "patient_id"])
+        for path in sorted(source.rglob("*.png")):
+            writer.writerow([path.relative_to(source).as_posix(), path.name.split("_")[0]])
+    prepare_folders(source, tmp_path / "by_csv", groups=groups)
+    assert _rows(tmp_path / "by_csv") == rows
+    prepare_folders(source, tmp_path / "seed1", patient_pattern=r"(mias\d+)_", seed=1)
+    assert [row["split"] for row in _rows(tmp_path / "seed1")] != [row["split"] for row in rows]
+
+
+def test_prepare_folders_names_each_problem(tmp_path: Path) -> None:
+    from conftest import ramp, write_png
+
+    source = tmp_path / "flat"
+    for name in ("BEN/p1_a.png", "CAN/p2_a.png", "CAN/p2_b.png", "NOR/scan.png"):
+        write_png(source / name, ramp())
+    with pytest.raises(ValueError, match="exactly one of --groups CSV"):
+        prepare_folders(source, tmp_path / "out")
+    with pytest.raises(ValueError, match="exactly one of"):
+        prepare_folders(source, tmp_path / "out", patient_pattern=r"p\d",
+                        one_image_per_patient=True)
+    with pytest.raises(ValueError, match=r"finds no patient in 1 of 4 file name\(s\), e\.g\. "
+                                         r"scan\.png; fix the pattern"):
+        prepare_folders(source, tmp_path / "out", patient_pattern=r"p\d")
+    with pytest.raises(ValueError, match="not a regular expression"):
+        prepare_folders(source, tmp_path / "out", patient_pattern="p(")
+    groups = tmp_path / "groups.csv"
+    groups.write_text("file,patient_id\nBEN/p1_a.png,p1\nCAN/p2_a.png,p2\nCAN/p2_b.png,p2\n")
+    with pytest.raises(ValueError, match=r"no patient_id for 1 of 4 image\(s\), e\.g\. NOR/scan"):
+        prepare_folders(source, tmp_path / "out", groups=groups)
+    with pytest.raises(ValueError, match="lies inside"):
+        prepare_folders(source, source / "split", one_image_per_patient=True)
+    assert not (tmp_path / "out").exists() and not (source / "split").exists()
+    counts = prepare_folders(source, tmp_path / "out", one_image_per_patient=True,
+                             fractions=(1, 0, 0))
+    assert counts["train"] == {"BEN": 1, "CAN": 2, "NOR": 1}
+    with pytest.raises(FileExistsError, match="not empty"):
+        prepare_folders(source, tmp_path / "out", one_image_per_patient=True)

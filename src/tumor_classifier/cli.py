@@ -102,13 +102,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    prepare = commands.add_parser("prepare", help="build class folders from a public dataset")
-    prepare.add_argument("dataset", choices=["mini-mias"])
-    prepare.add_argument("source", type=Path, help="mini-MIAS folder or all-mias.tar.gz")
-    prepare.add_argument("dest", type=Path)
-    prepare.add_argument("--fractions", type=_fractions, default=(0.6, 0.2, 0.2),
-                         help="train,validation,test shares of women (default: 0.6,0.2,0.2)")
-    prepare.add_argument("--seed", type=int, default=0)
+    prepare = commands.add_parser(
+        "prepare", help="build the split layout from mini-MIAS or from any class folders")
+    builders = prepare.add_subparsers(dest="dataset", required=True)
+    mias = builders.add_parser("mini-mias", help="the mini-MIAS distribution, split by woman")
+    mias.add_argument("source", type=Path, help="mini-MIAS folder or all-mias.tar.gz")
+    folders = builders.add_parser(
+        "folders", help="class folders SOURCE/{CLASS}/..., split by patient")
+    folders.add_argument("source", type=Path, help="folder with one subfolder per class")
+    patient = folders.add_mutually_exclusive_group(required=True)
+    patient.add_argument("--groups", type=Path, default=None,
+                         help="CSV with file,patient_id (file relative to SOURCE)")
+    patient.add_argument("--patient-pattern", default=None, metavar="REGEX",
+                         help="regular expression that finds the patient in each file's path "
+                         "below its class folder (its first group, or the whole match)")
+    patient.add_argument("--one-image-per-patient", action="store_true",
+                         help="state that every image is a different patient")
+    folders.add_argument("--copy", action="store_true",
+                         help="copy the images instead of linking them")
+    for builder in (mias, folders):
+        builder.add_argument("dest", type=Path)
+        builder.add_argument("--fractions", type=_fractions, default=(0.6, 0.2, 0.2),
+                             help="train,validation,test shares of patients "
+                             "(default: 0.6,0.2,0.2)")
+        builder.add_argument("--seed", type=int, default=0)
 
     _add_train_options(commands.add_parser("train", help="train a model, write a run directory"),
                        "folder with train/ and validation/ class folders",
@@ -168,14 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from .datasets import prepare_mini_mias
+    from .datasets import prepare_folders, prepare_mini_mias
 
-    counts = prepare_mini_mias(args.source, args.dest, args.fractions, args.seed)
+    if args.dataset == "mini-mias":
+        counts = prepare_mini_mias(args.source, args.dest, args.fractions, args.seed)
+        columns = "file,label,patient_id,split,other_breast"
+    else:
+        counts = prepare_folders(args.source, args.dest, args.groups, args.patient_pattern,
+                                 args.one_image_per_patient, args.fractions, args.seed,
+                                 args.copy)
+        columns = "file,label,patient_id,split"
     for split, per_class in counts.items():
         total = sum(per_class.values())
         listing = "  ".join(f"{name} {count}" for name, count in per_class.items())
         print(f"{split:<11} {total:4d}   {listing}")
-    print(f"wrote {args.dest} (split.csv: file,label,patient_id,split,other_breast)")
+    print(f"wrote {args.dest} (split.csv: {columns})")
     return 0
 
 

@@ -13,6 +13,9 @@ from typing import Any
 # these folder names. Other folder names work too; their sorted order is then recorded.
 CLASS_NAMES: tuple[str, ...] = ("BEN", "CAN", "NOR")
 
+# The split folders of a prepared dataset: DATA/{train,validation,test}/{CLASS}/...
+SPLITS = ("train", "validation", "test")
+
 CLASS_DESCRIPTIONS = {
     "BEN": "Benign finding",
     "CAN": "Malignant finding",

@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from .config import TrainConfig, load_json, save_json
 from .data import scan_folder
+from .datasets import link_file
 from .evaluate import write_evaluation
 
 logger = logging.getLogger(__name__)
@@ -97,16 +96,6 @@ def patient_folds(labels: list[str], patients: list[str], folds: int,
     return result
 
 
-def _link(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_symlink() or target.exists():  # ours, from an interrupted run: replace it
-        target.unlink()
-    try:
-        os.symlink(source.resolve(), target)
-    except OSError:  # file systems without symlinks: copy (the source is still only read)
-        shutil.copy2(source, target)
-
-
 def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Flatten the numeric leaves of a metrics dict ("binary.CAN_vs_rest.auc": ...)."""
     values: dict[str, float] = {}
@@ -125,7 +114,7 @@ def _write_fold_data(fold_dir: Path, rows: list[list[str]], link_sources: dict[s
                      circles: dict[Path, list[tuple[float, float, float]]]) -> None:
     """The fold's dataset: links to the films, split.csv and the lesion circles."""
     for relative, *_ in rows:
-        _link(link_sources[relative], fold_dir / "data" / relative)
+        link_file(link_sources[relative], fold_dir / "data" / relative)
     if circles:  # lesion circles follow their films into the fold
         with (fold_dir / "data" / "annotations.csv").open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)

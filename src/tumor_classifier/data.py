@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import CachedImages, WithOtherBreast
-from .datasets import SPLITS
+from .config import SPLITS
 from .imaging import IMAGE_EXTENSIONS, is_dicom
 
 logger = logging.getLogger(__name__)

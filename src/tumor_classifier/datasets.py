@@ -1,4 +1,5 @@
-"""Builders that turn public distributions into the class-folder layout, split by patient.
+"""Builders that turn public distributions, or any class folders, into the split layout,
+split by patient.
 
 The layout every other command reads:
 
@@ -12,18 +13,23 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import re
+import shutil
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from .config import SPLITS
+from .data import scan_folder
+
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 # The worst finding decides a woman's stratum: any cancer, else any benign, else normal.
 _SEVERITY_ORDER = {"CAN": 2, "BEN": 1, "NOR": 0}
 _INFO_LINE = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]+)(?:\s+([BM]))?(?:\s+(.*))?$")
@@ -146,6 +152,13 @@ def _open_source(source: Path) -> tuple[str, dict[str, bytes] | Path]:
     )
 
 
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
 def prepare_mini_mias(
     source: Path,
     dest: Path,
@@ -219,13 +232,132 @@ def prepare_mini_mias(
         for x, y, radius in film.circles:
             # Info.txt's origin is bottom-left; images are stored top row first.
             annotation_rows.append([relative, x, height - 1 - y, radius])
-    with (dest / "split.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "label", "patient_id", "split", "other_breast"])
-        writer.writerows(split_rows)
-    with (dest / "annotations.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "x", "y", "radius"])
-        writer.writerows(annotation_rows)
+    _write_csv(dest / "split.csv", ["file", "label", "patient_id", "split", "other_breast"],
+               split_rows)
+    _write_csv(dest / "annotations.csv", ["file", "x", "y", "radius"], annotation_rows)
     logger.info("Prepared %d films of %d women in %s", len(split_rows), len(assignment), dest)
+    return counts
+
+
+def link_file(source: Path, target: Path, copy: bool = False) -> None:
+    """Make `target` a symbolic link to `source` (a copy with `copy`, or where the file
+    system has no links); the source is only read. A target left by an interrupted run of
+    ours is replaced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    if not copy:
+        try:
+            os.symlink(source.resolve(), target)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, target)
+
+
+def _patients_from_csv(table: Path, source: Path, files: list[Path]) -> list[str]:
+    with table.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "file" not in rows[0] or "patient_id" not in rows[0]:
+        raise ValueError(f"{table}: expected the columns file,patient_id (file relative to "
+                         f"{source}).")
+    by_file = {(source / row["file"]).resolve(): row["patient_id"].strip() for row in rows}
+    patients = [by_file.get(path.resolve(), "") for path in files]
+    missing = [path for path, patient in zip(files, patients, strict=True) if not patient]
+    if missing:
+        raise ValueError(
+            f"{table}: no patient_id for {len(missing)} of {len(files)} image(s), e.g. "
+            f"{missing[0].relative_to(source)}; add a row for every image."
+        )
+    return patients
+
+
+def _patients_from_names(pattern: str, source: Path, files: list[Path]) -> list[str]:
+    try:
+        regex = re.compile(pattern)
+    except re.error as error:
+        raise ValueError(
+            f"--patient-pattern {pattern!r}: not a regular expression ({error})."
+        ) from None
+    patients, missing = [], []
+    for path in files:
+        # Searched in the path below the class folder, so that a patient's folder counts too.
+        name = Path(*path.relative_to(source).parts[1:]).as_posix()
+        match = regex.search(name)
+        patient = (match.group(1) if regex.groups else match.group(0)) if match else None
+        if not patient:
+            missing.append(name)
+        patients.append(patient or "")
+    if missing:
+        raise ValueError(
+            f"--patient-pattern {pattern!r} finds no patient in {len(missing)} of {len(files)} "
+            f"file name(s), e.g. {missing[0]}; fix the pattern or pass --groups CSV."
+        )
+    return patients
+
+
+def prepare_folders(
+    source: Path,
+    dest: Path,
+    groups: Path | None = None,
+    patient_pattern: str | None = None,
+    one_image_per_patient: bool = False,
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    seed: int = 0,
+    copy: bool = False,
+) -> dict[str, dict[str, int]]:
+    """Split a dataset of class folders (`SOURCE/{CLASS}/...`, any depth) by patient into
+    `DEST/{train,validation,test}/{CLASS}/...` with `split.csv`.
+
+    Each image's patient comes from exactly one of: `groups` (a CSV `file,patient_id`,
+    file relative to SOURCE), `patient_pattern` (a regular expression searched in the path
+    below the class folder; its first group, or the whole match, is the patient, e.g.
+    `P_\\d+` for CBIS-DDSM names), or `one_image_per_patient` (a stated assumption, for sets
+    that publish none). Patients are stratified by the set of classes of their images.
+    The images are linked (copied with `copy`); the source is only read.
+
+    Returns:
+        Counts per split and class.
+    """
+    source, dest = Path(source), Path(dest)
+    if sum(option is not None and option is not False
+           for option in (groups, patient_pattern, one_image_per_patient)) != 1:
+        raise ValueError(
+            f"{source}: say how to find each image's patient, with exactly one of --groups "
+            "CSV (file,patient_id), --patient-pattern REGEX (found in the file name) or "
+            "--one-image-per-patient; a split by image would put one woman's images on both "
+            "sides."
+        )
+    if dest.resolve().is_relative_to(source.resolve()):
+        raise ValueError(f"{dest}: lies inside {source}; choose a DEST outside the dataset, "
+                         "which is only read.")
+    folder = scan_folder(source)
+    files = list(folder.files)
+    if groups is not None:
+        patients = _patients_from_csv(Path(groups), source, files)
+    elif patient_pattern is not None:
+        patients = _patients_from_names(patient_pattern, source, files)
+    else:
+        patients = [Path(*path.relative_to(source).parts).as_posix() for path in files]
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(
+            f"{dest}: folder exists and is not empty; choose a new DEST or remove it yourself."
+        )
+    classes_of: dict[str, set[str]] = defaultdict(set)
+    for patient, label in zip(patients, folder.labels, strict=True):
+        classes_of[patient].add(folder.class_names[label])
+    assignment = split_patients(
+        {patient: "+".join(sorted(names)) for patient, names in classes_of.items()},
+        fractions, seed,
+    )
+    counts = {split: dict.fromkeys(folder.class_names, 0) for split in SPLITS}
+    rows = []
+    for path, label, patient in zip(files, folder.labels, patients, strict=True):
+        split, name = assignment[patient], folder.class_names[label]
+        relative = Path(split, *path.relative_to(source).parts).as_posix()
+        link_file(path, dest / relative, copy)
+        counts[split][name] += 1
+        rows.append([relative, name, patient, split])
+    _write_csv(dest / "split.csv", ["file", "label", "patient_id", "split"], rows)
+    logger.info("Split %d images of %d patients into %s", len(rows), len(assignment), dest)
     return counts

@@ -389,6 +389,13 @@ def train(config: TrainConfig) -> Path:
         raise ValueError("--other-breast needs a preset trained from scratch on whole images "
                          "(seed, seed_augmented, mammo_net, mammo_mil, resnet_small), without "
                          "--patch-pretrain-epochs.")
+    if data_dir.is_dir() and not (data_dir / "train").is_dir():
+        raise FileNotFoundError(
+            f"{data_dir}: no train/ folder; train reads DATA/train/{{CLASS}}/ and "
+            "DATA/validation/{CLASS}/. To split class folders by patient, run "
+            f"`tumor-classifier prepare folders {data_dir} DEST --patient-pattern REGEX` "
+            "(or --groups CSV, or --one-image-per-patient) and train on DEST."
+        )
     train_folder = scan_folder(data_dir / "train")
     validation_folder = scan_folder(data_dir / "validation", train_folder.class_names)
     if config.other_breast is None:
