@@ -131,14 +131,50 @@ def test_a_model_with_the_other_breast_pairs_each_film_with_its_own_woman(
     lone = tmp_path / films[0].name
     lone.write_bytes(films[0].read_bytes())
     alone, found = classifier.predict([lone, films[1]])
-    assert alone.error == (f"{lone}: no other breast given or named in split.csv "
-                           "(other_breast column); this model compares both breasts of a "
-                           "woman: pass --other-breast.")
+    assert alone.error == (f"{lone}: no other breast given, named in split.csv "
+                           "(other_breast column) or found by its name (LEFT/RIGHT swapped); "
+                           "this model compares both breasts of a woman: pass --other-breast.")
     assert found.probabilities == results[1].probabilities
     assert classifier.read(films[0])[1].shape == (64, 64, 2)
     assert main(["predict", str(trained_run), str(films[0]),
                  "--other-breast", str(partners[0])]) == 2
     assert "this model classifies one film" in capsys.readouterr().err
+
+
+def test_films_named_left_and_right_train_and_evaluate_with_the_other_breast(
+        prepared_mias: Path, tmp_path: Path) -> None:
+    """Plain class folders, no split.csv: real films named like DDSM's (`..._LEFT_MLO`),
+    paired by name, get the two-film default in train, evaluate and predict."""
+    from tumor_classifier.config import TrainConfig
+    from tumor_classifier.train import train
+
+    with (prepared_mias / "split.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    data = tmp_path / "named"
+    taken: Counter[tuple[str, str]] = Counter()
+    for row in rows:  # a few women of each class per split (both films, same split)
+        if taken[row["split"], row["label"]] < {"train": 8, "validation": 4}.get(
+                row["split"], 3):
+            for film in (row["file"], row["other_breast"]):
+                label = next(r["label"] for r in rows if r["file"] == film)
+                side = "LEFT" if int(Path(film).stem[3:]) % 2 else "RIGHT"
+                target = data / row["split"] / label / f"{row['patient_id']}_{side}_MLO.png"
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.hardlink_to(prepared_mias / film)
+                    taken[row["split"], label] += 1
+    run = train(TrainConfig(data_dir=str(data), out=str(tmp_path / "run"), epochs=1,
+                            image_size=64, workers=2))
+    config = json.loads((run / "config.json").read_text())
+    assert config["training"]["other_breast"] and config["input_shape"] == [64, 64, 2]
+    metrics = evaluate(run, data / "test", tmp_path / "report")
+    assert metrics["n"] == len(list((data / "test").rglob("*.png"))) and not metrics["unreadable"]
+    with (tmp_path / "report" / "predictions.csv").open() as handle:
+        evaluated = {row["file"]: float(row["prob_CAN"]) for row in csv.DictReader(handle)}
+    predicted = Classifier.load(run).predict(expand_paths([data / "test"]))
+    assert all(result.error is None for result in predicted)
+    for result in predicted:
+        assert result.probabilities["CAN"] == pytest.approx(evaluated[str(result.file)], abs=1e-5)
 
 
 @pytest.mark.slow

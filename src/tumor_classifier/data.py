@@ -171,12 +171,38 @@ def _other_breast_column(table: Path) -> dict[Path, Path] | None:
             for row in rows if row["other_breast"]}
 
 
+# A breast's side in a file name: LEFT or RIGHT, or a lone L or R, between separators, in
+# any case (DDSM "A_0001_1.LEFT_CC", CBIS-DDSM "P_00001_LEFT_CC", "case12_R_MLO").
+_SIDE = re.compile(r"(?<![A-Za-z0-9])(left|right|l|r)(?![A-Za-z0-9])", re.IGNORECASE)
+_OTHER_SIDE = {"left": "right", "right": "left", "l": "r", "r": "l"}
+
+
+def _other_side_name(name: str) -> str | None:
+    """`name` with its one side word swapped (LEFT <-> RIGHT, L <-> R, case kept); None
+    when it names no side, or more than one."""
+    found = list(_SIDE.finditer(name))
+    if len(found) != 1:
+        return None
+    word = found[0].group(1)
+    other = _OTHER_SIDE[word.lower()]
+    other = other.upper() if word.isupper() else other.capitalize() if word[0].isupper() \
+        else other
+    return name[:found[0].start()] + other + name[found[0].end():]
+
+
 def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
-    """Each file's other breast (the same woman's other film, same view), as the
-    `other_breast` column of the `split.csv` in one of the file's three enclosing folders
-    names it (`DATA/split.csv` for `DATA/test/CAN/film.png`; `prepare mini-mias` writes
-    it); None where none does."""
+    """Each file's other breast (the same woman's other film, same view), resolved.
+
+    As the `other_breast` column of the `split.csv` in one of the file's three enclosing
+    folders names it (`DATA/split.csv` for `DATA/test/CAN/film.png`; `prepare mini-mias`
+    writes it); otherwise the one other file among `files` whose name is the file's own
+    with its side swapped (`A_0001_1.LEFT_CC.png` and `A_0001_1.RIGHT_CC.png`, in any class
+    folder; both names unique among `files`); None where neither gives one.
+    """
     tables: dict[Path, dict[Path, Path] | None] = {}
+    by_name: dict[str, list[Path]] = {}
+    for file in files:
+        by_name.setdefault(Path(file).name, []).append(Path(file).resolve())
     result: list[Path | None] = []
     for file in files:
         path = Path(file).absolute()
@@ -188,6 +214,11 @@ def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
             column = tables[table]
             if column and (other := column.get(path.resolve())):
                 break
+        if other is None and (name := _other_side_name(path.name)):
+            # Both names must be unique among the files, so that pairs are mutual.
+            candidates = by_name.get(name, [])
+            unique = len(candidates) == 1 and len(by_name[path.name]) == 1
+            other = candidates[0] if unique else None
         result.append(other)
     return result
 
@@ -205,10 +236,11 @@ def other_breast_rows(files: Sequence[Path], unreadable: Collection[int] = ()
     partners = other_breasts(files)
     if files and not any(partners):
         raise ValueError(
-            f"{Path(files[0]).parent.parent}: no split.csv with an other_breast column names "
-            "the other breast of these films. Run `tumor-classifier prepare` again (it "
-            "writes one), or add the column (file,...,other_breast: the same woman's other "
-            "film, same view, relative to split.csv).")
+            f"{Path(files[0]).parent.parent}: nothing names the other breast of these films: "
+            "no split.csv with an other_breast column, and no file names that differ only "
+            "in LEFT/RIGHT. Run `tumor-classifier prepare mini-mias` again (it writes the "
+            "column), or add it (file,...,other_breast: the same woman's other film, same "
+            "view, relative to split.csv).")
     position = {Path(path).resolve(): index for index, path in enumerate(files)}
     result = np.arange(len(files))
     problems: dict[int, str] = {}

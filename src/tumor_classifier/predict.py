@@ -146,7 +146,8 @@ class Classifier:
         return self._prediction(label, row, metadata or {})
 
     def _find_other_breasts(self, sources: Sequence[Source]) -> list[Path | None]:
-        """Each path's other breast from split.csv; None for uploads and unnamed pairs."""
+        """Each path's other breast (`data.other_breasts`: split.csv, or a file among
+        these whose name differs only in LEFT/RIGHT); None for uploads and unnamed pairs."""
         paths = [source if isinstance(source, (str, Path)) else None for source in sources]
         found = iter(other_breasts([path for path in paths if path is not None]))
         return [next(found) if path is not None else None for path in paths]
@@ -158,8 +159,9 @@ class Classifier:
     def _other_breast_source(label: str, source: Source | None) -> Source:
         if source is None:
             raise ImageReadError(
-                f"{label}: no other breast given or named in split.csv (other_breast "
-                "column); this model compares both breasts of a woman: pass --other-breast.")
+                f"{label}: no other breast given, named in split.csv (other_breast "
+                "column) or found by its name (LEFT/RIGHT swapped); this model compares "
+                "both breasts of a woman: pass --other-breast.")
         return source
 
     def read(self, source: Source, other_breast: Source | None = None
@@ -182,7 +184,7 @@ class Classifier:
 
         For a model trained with --other-breast, `other_breasts[i]` is the other breast of
         `sources[i]`; without `other_breasts`, each path's other breast is looked up in
-        split.csv (`data.other_breasts`).
+        split.csv or among `sources` by name (`data.other_breasts`).
 
         A file that cannot be read, or whose other breast is missing, gets a `Prediction`
         with `error` set; the others go on.

@@ -399,14 +399,17 @@ def train(config: TrainConfig) -> Path:
     train_folder = scan_folder(data_dir / "train")
     validation_folder = scan_folder(data_dir / "validation", train_folder.class_names)
     if config.other_breast is None:
-        # On where every film can be paired with the other breast (not for the presets
-        # that take one image), off for plain class folders; config.json records it.
+        # On where every film can be paired with the other breast of its own split (not
+        # for the presets that take one image), off for plain class folders; config.json
+        # records it.
         paired = (config.model not in PRETRAINED and not config.patch_pretrain_epochs
-                  and all(other_breasts(train_folder.files + validation_folder.files)))
+                  and all(other_breasts(train_folder.files))
+                  and all(other_breasts(validation_folder.files)))
         config = dataclasses.replace(config, other_breast=paired)
         if paired:
-            logger.info("split.csv names every film's other breast: the model sees both "
-                        "(--no-other-breast for one film at a time).")
+            logger.info("every film's other breast is named (split.csv or LEFT/RIGHT in the "
+                        "file names): the model sees both (--no-other-breast for one film "
+                        "at a time).")
     class_names = train_folder.class_names
     weights = class_weights(config.class_weight, train_folder.counts())
     if config.keep not in ("best", "last"):
