@@ -311,7 +311,7 @@ def test_dicom_bomb_is_refused_from_the_header(tmp_path: Path) -> None:
 
 
 # Property test: whatever bytes arrive, read_image either works or raises ImageReadError.
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -333,6 +333,11 @@ VALID_FILES = _valid_files()
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(sorted(VALID_FILES)), cut=st.floats(0, 1),
        noise=st.binary(max_size=64), position=st.floats(0, 1))
+# Found by this test: damaged RLE data on which pylibjpeg-rle's Rust decoder panics (pyo3's
+# PanicException is a BaseException, not an Exception).
+@example(kind=".dcmMR_small_RLE.dcm", cut=0.9874072850877417, position=0.4803026088537472,
+         noise=bytes.fromhex("c2b28d127b8a6400fd020e02265ab9ebfd30ce51ec5fbcee5321ec0eeec4281a"
+                             "ec2a394ee150113f16ddbfaf3ebed4fe341e623f5aea"))
 def test_random_truncations_and_corruptions_only_raise_image_read_error(
     kind: str, cut: float, noise: bytes, position: float
 ) -> None:

@@ -292,6 +292,16 @@ def _read_dicom(label: str, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
             f"{label}: cannot decode DICOM pixel data ({type(error).__name__}: {error}); "
             "the file may be truncated or damaged."
         ) from error
+    except BaseException as error:
+        # pylibjpeg-rle (2.2.0) is written in Rust and panics on some damaged RLE segments;
+        # pyo3 raises that as PanicException, a BaseException that `except Exception` lets
+        # through, which would stop a whole batch. Ctrl-C and exits still pass.
+        if type(error).__name__ != "PanicException":
+            raise
+        raise ImageReadError(
+            f"{label}: cannot decode DICOM pixel data (the decoder failed on damaged data); "
+            "the file may be truncated or damaged."
+        ) from None
 
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
     bits_stored = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 8)))
