@@ -179,6 +179,8 @@ def test_prepare_folders_names_each_problem(tmp_path: Path) -> None:
         prepare_folders(source, tmp_path / "out", patient_pattern=r"p\d")
     with pytest.raises(ValueError, match="not a regular expression"):
         prepare_folders(source, tmp_path / "out", patient_pattern="p(")
+    with pytest.raises(FileNotFoundError, match="groups.csv: --groups CSV not found"):
+        prepare_folders(source, tmp_path / "out", groups=tmp_path / "groups.csv")
     groups = tmp_path / "groups.csv"
     groups.write_text("file,patient_id\nBEN/p1_a.png,p1\nCAN/p2_a.png,p2\nCAN/p2_b.png,p2\n")
     with pytest.raises(ValueError, match=r"no patient_id for 1 of 4 image\(s\), e\.g\. NOR/scan"):

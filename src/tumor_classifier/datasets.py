@@ -256,6 +256,8 @@ def link_file(source: Path, target: Path, copy: bool = False) -> None:
 
 
 def _patients_from_csv(table: Path, source: Path, files: list[Path]) -> list[str]:
+    if not table.is_file():
+        raise FileNotFoundError(f"{table}: --groups CSV not found; check the path.")
     with table.open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or "file" not in rows[0] or "patient_id" not in rows[0]:
