@@ -193,3 +193,5 @@ def test_prepare_folders_names_each_problem(tmp_path: Path) -> None:
     assert counts["train"] == {"BEN": 1, "CAN": 2, "NOR": 1}
     with pytest.raises(FileExistsError, match="not empty"):
         prepare_folders(source, tmp_path / "out", one_image_per_patient=True)
+    with pytest.raises(ValueError, match=r"out: already holds split folders \(train/, "):
+        prepare_folders(tmp_path / "out", tmp_path / "again", one_image_per_patient=True)

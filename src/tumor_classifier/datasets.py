@@ -333,6 +333,9 @@ def prepare_folders(
     if dest.resolve().is_relative_to(source.resolve()):
         raise ValueError(f"{dest}: lies inside {source}; choose a DEST outside the dataset, "
                          "which is only read.")
+    if source.is_dir() and {path.name for path in source.iterdir()} & set(SPLITS):
+        raise ValueError(f"{source}: already holds split folders (train/, validation/, "
+                         "test/); train on it as it is, or pass a folder of class folders.")
     folder = scan_folder(source)
     files = list(folder.files)
     if groups is not None:
