@@ -159,6 +159,10 @@ def test_prepare_folders_splits_real_films_by_patient_and_only_links_them(
             writer.writerow([path.relative_to(source).as_posix(), path.name.split("_")[0]])
     prepare_folders(source, tmp_path / "by_csv", groups=groups)
     assert _rows(tmp_path / "by_csv") == rows
+    # cv --groups reads the same CSV the same way
+    samples = load_samples(source, groups)
+    assert len(samples) == 240
+    assert all(sample.path.name.startswith(sample.patient + "_") for sample in samples)
     prepare_folders(source, tmp_path / "seed1", patient_pattern=r"(mias\d+)_", seed=1)
     assert [row["split"] for row in _rows(tmp_path / "seed1")] != [row["split"] for row in rows]
 

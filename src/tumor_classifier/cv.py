@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from .config import TrainConfig, load_json, save_json
 from .data import scan_folder
-from .datasets import link_file
+from .datasets import link_file, read_patients
 from .evaluate import write_evaluation
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,13 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]
     relative to DATA_DIR).
     """
     data_dir = Path(data_dir)
-    table = Path(groups_csv) if groups_csv else data_dir / "split.csv"
+    if groups_csv is not None:
+        folder = scan_folder(data_dir)
+        patients = read_patients(Path(groups_csv), data_dir, folder.files)
+        return [Sample(path, folder.class_names[label], patient)
+                for path, label, patient in zip(folder.files, folder.labels, patients,
+                                                strict=True)]
+    table = data_dir / "split.csv"
     if not table.is_file():
         raise FileNotFoundError(
             f"{data_dir}: no split.csv and no --groups CSV; cross-validation needs the "
@@ -59,21 +65,9 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]
         rows = list(csv.DictReader(handle))
     if not rows or "file" not in rows[0] or "patient_id" not in rows[0]:
         raise ValueError(f"{table}: expected the columns file,patient_id (and label).")
-    patients = {(data_dir / row["file"]).resolve(): row["patient_id"] for row in rows}
-    others = {(data_dir / row["file"]).resolve(): data_dir / row["other_breast"]
-              for row in rows if row.get("other_breast")}
-    if groups_csv is None:
-        return [Sample(data_dir / row["file"], row["label"], row["patient_id"],
-                       others.get((data_dir / row["file"]).resolve())) for row in rows]
-    folder = scan_folder(data_dir)
-    samples = []
-    for path, label in zip(folder.files, folder.labels, strict=True):
-        patient = patients.get(path.resolve())
-        if patient is None:
-            raise ValueError(f"{table}: no patient_id for {path.relative_to(data_dir)}.")
-        samples.append(Sample(path, folder.class_names[label], patient,
-                              others.get(path.resolve())))
-    return samples
+    return [Sample(data_dir / row["file"], row["label"], row["patient_id"],
+                   data_dir / row["other_breast"] if row.get("other_breast") else None)
+            for row in rows]
 
 
 def patient_folds(labels: list[str], patients: list[str], folds: int,

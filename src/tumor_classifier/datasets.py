@@ -18,6 +18,7 @@ import re
 import shutil
 import tarfile
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,14 @@ def link_file(source: Path, target: Path, copy: bool = False) -> None:
     shutil.copy2(source, target)
 
 
-def _patients_from_csv(table: Path, source: Path, files: list[Path]) -> list[str]:
+def read_patients(table: Path, source: Path, files: Sequence[Path]) -> list[str]:
+    """The patient of each of `files` from a CSV `file,patient_id` (file relative to
+    `source`), as `prepare folders --groups` and `cv --groups` take it.
+
+    Raises:
+        FileNotFoundError: no such CSV.
+        ValueError: the columns are missing, or an image has no patient.
+    """
     if not table.is_file():
         raise FileNotFoundError(f"{table}: --groups CSV not found; check the path.")
     with table.open(encoding="utf-8", newline="") as handle:
@@ -339,7 +347,7 @@ def prepare_folders(
     folder = scan_folder(source)
     files = list(folder.files)
     if groups is not None:
-        patients = _patients_from_csv(Path(groups), source, files)
+        patients = read_patients(Path(groups), source, files)
     elif patient_pattern is not None:
         patients = _patients_from_names(patient_pattern, source, files)
     else:
