@@ -43,6 +43,20 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path,
         "check the path."
 
 
+def test_a_failing_command_prints_only_its_error_line(tmp_path: Path) -> None:
+    # In a fresh process, so TensorFlow is imported by the command itself: its C++ import
+    # messages (oneDNN, absl) must not bury the one line of the error.
+    done = subprocess.run(
+        [sys.executable, "-m", "tumor_classifier.cli", "evaluate", str(tmp_path / "no-run"),
+         str(tmp_path / "no-data")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(f"error: {tmp_path / 'no-run'}")
+
+
 def test_plain_class_folders_are_split_by_patient_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,6 +10,7 @@ import argparse
 import csv
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -342,8 +343,36 @@ def _app(args: argparse.Namespace) -> int:
     return subprocess.call(command, env=environment)
 
 
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with the process's standard error closed.
+
+    TensorFlow 2.21's C++ code logs "oneDNN custom operations are on" twice at import,
+    before absl's logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot silence it: four lines
+    of noise before every command's own output. Python errors are unaffected: a failed
+    import is dropped here and raised again, with its message, where the command imports
+    Keras. `--verbose` keeps the lines.
+    """
+    if os.environ.get("KERAS_BACKEND") != "tensorflow" or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            except ImportError:
+                pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose and (args.command in {"train", "cv", "evaluate", "export", "serve"}
+                             or (args.command == "predict" and not args.onnx)):
+        _import_tensorflow_quietly()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
