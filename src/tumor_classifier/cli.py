@@ -373,10 +373,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose and (args.command in {"train", "cv", "evaluate", "export", "serve"}
                              or (args.command == "predict" and not args.onnx)):
         _import_tensorflow_quietly()
+    # This package's messages from INFO up; other libraries' (tf2onnx, absl, PIL) only
+    # from WARNING up, unless --verbose.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     handlers = {"prepare": _prepare, "train": _train, "cv": _cv, "evaluate": _evaluate,
                 "predict": _predict, "export": _export, "serve": _serve, "app": _app}
     try:

@@ -10,6 +10,7 @@ model's probabilities.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,11 @@ def export(run_dir: Path | str, out: Path | str, file_format: str = "onnx") -> P
     if file_format == "onnx":
         import onnx
 
-        model.export(str(out), format="onnx", verbose=False)
+        with warnings.catch_warnings():
+            # Keras 3.15's tf2onnx shim probes `np.object`, which NumPy 2 answers with a
+            # FutureWarning addressed to Keras, not to whoever exports.
+            warnings.filterwarnings("ignore", message=r".*np\.object", category=FutureWarning)
+            model.export(str(out), format="onnx", verbose=False)
         graph = onnx.load(str(out))
         entry = graph.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(metadata)

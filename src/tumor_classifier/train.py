@@ -261,6 +261,9 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreas
         epochs=config.epochs,
         # No steps_per_epoch: each epoch iterates the (finite) feed once, exactly
         # len(train_batches) batches; with it Keras would keep one iterator across epochs.
+        # Batches shuffles (seeded, per pass); Keras' own shuffle would only reorder the
+        # batches again on JAX and PyTorch, and warns on TensorFlow that it cannot.
+        shuffle=False,
         validation_data=as_dataset(Batches(x_val, val_rows[val_subset], y_val[val_subset],
                                            num_classes, config.batch_size, seed=None)),
         callbacks=callbacks,
