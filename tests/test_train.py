@@ -335,3 +335,22 @@ def test_other_breast_refuses_what_it_cannot_pair(small_dataset: Path, tmp_path:
                             image_size=32, epochs=1, workers=1))
     config = json.loads((run / "config.json").read_text())
     assert config["training"]["other_breast"] is False and config["input_shape"] == [32, 32, 1]
+
+
+def test_splits_named_as_public_sets_name_them(small_dataset: Path, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    # Training/ and val/, as Keras tutorials and many public sets name them
+    (small_dataset / "train").rename(small_dataset / "Training")
+    (small_dataset / "validation").rename(small_dataset / "val")
+    with caplog.at_level("INFO", logger="tumor_classifier"):
+        run = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"),
+                                epochs=1, image_size=32, workers=1))
+    assert "splits: Training/ for training, val/ for validation" in caplog.text
+    config = json.loads((run / "config.json").read_text())
+    assert sum(config["data"]["validation"].values()) == 9
+    assert (run / "evaluation" / "validation" / "metrics.json").is_file()
+    # without a validation split, one line says what to do; test/ is never used instead
+    (small_dataset / "val").rename(small_dataset / "test")
+    with pytest.raises(FileNotFoundError, match=r"no validation/ folder beside Training/; "
+                       r"training checks each epoch .* \(never on test/\)"):
+        train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r2"), epochs=1))

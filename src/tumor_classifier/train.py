@@ -163,6 +163,20 @@ def as_dataset(batches: Batches, workers: int = 2) -> Any:
     return Dataset()
 
 
+# The names class-folder datasets give their splits, matched case-insensitively, the first
+# found winning: Keras tutorials and many public sets say "val" or "valid".
+SPLIT_NAMES = {"train": ("train", "training"), "validation": ("validation", "val", "valid")}
+
+
+def find_split(data_dir: Path, split: str) -> Path | None:
+    """`data_dir`'s folder for `split` ("train" or "validation") under any of its
+    `SPLIT_NAMES`; None when there is none."""
+    if not data_dir.is_dir():
+        return None
+    folders = {path.name.lower(): path for path in sorted(data_dir.iterdir()) if path.is_dir()}
+    return next((folders[name] for name in SPLIT_NAMES[split] if name in folders), None)
+
+
 def _load_split(
     folder: ImageFolder, config: TrainConfig, name: str
 ) -> tuple[CachedImages | WithOtherBreast, np.ndarray, np.ndarray, list[Path], list[str]]:
@@ -392,15 +406,28 @@ def train(config: TrainConfig) -> Path:
         raise ValueError("--other-breast needs a preset trained from scratch on whole images "
                          "(seed, seed_augmented, mammo_net, mammo_mil, resnet_small), without "
                          "--patch-pretrain-epochs.")
-    if data_dir.is_dir() and not (data_dir / "train").is_dir():
+    train_dir, validation_dir = find_split(data_dir, "train"), find_split(data_dir, "validation")
+    if data_dir.is_dir() and train_dir is None:
         raise FileNotFoundError(
             f"{data_dir}: no train/ folder; train reads DATA/train/{{CLASS}}/ and "
             "DATA/validation/{CLASS}/. To split class folders by patient, run "
             f"`tumor-classifier prepare folders {data_dir} DEST --patient-pattern REGEX` "
             "(or --groups CSV, or --one-image-per-patient) and train on DEST."
         )
-    train_folder = scan_folder(data_dir / "train")
-    validation_folder = scan_folder(data_dir / "validation", train_folder.class_names)
+    if train_dir is not None and validation_dir is None:
+        raise FileNotFoundError(
+            f"{data_dir}: no validation/ folder beside {train_dir.name}/; training checks "
+            "each epoch and fits its calibration and thresholds on it (never on test/). Move "
+            f"about a quarter of the patients, all images of each, from {train_dir.name}/ to "
+            "validation/{CLASS}/, or split the class folders by patient with "
+            "`tumor-classifier prepare folders`."
+        )
+    train_folder = scan_folder(train_dir or data_dir / "train")
+    validation_folder = scan_folder(validation_dir or data_dir / "validation",
+                                    train_folder.class_names)
+    if (train_dir, validation_dir) != (data_dir / "train", data_dir / "validation"):
+        logger.info("splits: %s/ for training, %s/ for validation",
+                    train_folder.root.name, validation_folder.root.name)
     if config.other_breast is None:
         # On where every film can be paired with the other breast of its own split (not
         # for the presets that take one image), off for plain class folders; config.json
@@ -587,7 +614,7 @@ def train(config: TrainConfig) -> Path:
         calibrated,
         class_names,
         val_failures,
-        patient_groups(val_files, data_dir / "validation"),
+        patient_groups(val_files, validation_folder.root),
         run_config["calibration"]["thresholds"],
     )
     logger.info("kept epoch %d of %d (%s; validation loss %.4f)", kept_epoch, len(val_losses),
