@@ -28,6 +28,13 @@ def test_class_weights_balanced_none_and_explicit() -> None:
         class_weights("BEN,CAN=1,NOR=1", COUNTS)
 
 
+def test_each_preset_has_its_own_default_input_size() -> None:
+    assert TrainConfig(data_dir="d", out="o").input_size == 128  # seed, as the original
+    for model in ("seed_augmented", "mammo_net", "mammo_mil", "efficientnet_lite0"):
+        assert TrainConfig(data_dir="d", out="o", model=model).input_size == 256
+    assert TrainConfig(data_dir="d", out="o", model="mammo_net", image_size=96).input_size == 96
+
+
 def test_config_json_round_trip() -> None:
     config = TrainConfig(data_dir="d", out="o", epochs=3, patience=2)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
@@ -344,9 +351,11 @@ def test_splits_named_as_public_sets_name_them(small_dataset: Path, tmp_path: Pa
     (small_dataset / "validation").rename(small_dataset / "val")
     with caplog.at_level("INFO", logger="tumor_classifier"):
         run = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"),
-                                epochs=1, image_size=32, workers=1))
+                                epochs=1, workers=1))
     assert "splits: Training/ for training, val/ for validation" in caplog.text
     config = json.loads((run / "config.json").read_text())
+    # no --image-size: seed's own 128, recorded as used
+    assert config["image_size"] == config["training"]["image_size"] == 128
     assert sum(config["data"]["validation"].values()) == 9
     assert (run / "evaluation" / "validation" / "metrics.json").is_file()
     # without a validation split, one line says what to do; test/ is never used instead

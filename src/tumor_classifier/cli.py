@@ -43,7 +43,10 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
     parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--model", default=defaults.model,
                         help="model preset (default: %(default)s)")
-    for name, kind in (("image_size", int), ("channels", int), ("epochs", int),
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="square input side (default: 128 for seed, 256 for the other "
+                        "presets)")
+    for name, kind in (("channels", int), ("epochs", int),
                        ("batch_size", int), ("seed", int),
                        ("workers", int), ("patch_pretrain_epochs", int)):
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind,

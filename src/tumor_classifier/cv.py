@@ -245,7 +245,7 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
     summary = {
         "folds": folds,
         "config": {key: value for key, value in config.to_dict().items()
-                   if key not in ("data_dir", "out")},
+                   if key not in ("data_dir", "out")} | {"image_size": config.input_size},
         "data_dir": str(data_dir),
         "images": len(samples),
         "patients": len({sample.patient for sample in samples}),

@@ -18,7 +18,7 @@ import numpy as np
 from .config import TrainConfig, load_json, save_json
 
 BACKUP, OPTIONS = "backup", "options.json"
-# Seconds of training between two backups. For the default model (256 px, two channels) a
+# Seconds of training between two backups. For `seed` at 256 px with two channels a
 # backup writes 89 MB of weights and optimizer state in 0.15 s and copies the previous one
 # in 0.07 s, against 1.2 s for an epoch of 144 films (2-core CPU): a backup every epoch
 # would slow such runs by a fifth. At this interval the cost stays under 1%; a run stopped

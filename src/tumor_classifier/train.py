@@ -183,7 +183,7 @@ def _load_split(
     """The split's cached images (with `other_breast`, paired with the other breast), the
     rows that can be used, their labels and files, and the messages of the files that
     cannot."""
-    images = cache_images(folder.root, folder.files, config.image_size, config.channels,
+    images = cache_images(folder.root, folder.files, config.input_size, config.channels,
                           Path(config.cache_dir) if config.cache_dir else None,
                           config.workers, f"decoding {name}", crop=config.crop_breast)
     inputs: CachedImages | WithOtherBreast = images
@@ -356,7 +356,7 @@ def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
     # mammo_mil mines hard negatives from the whole normal films.
     normal_images = x_train[train_rows[labels == normal]] if config.model == "mammo_mil" else None
     # mammo_mil's window, so its patch classifier is the one it slides over the film.
-    patch_size = min(MIL_WINDOW, config.image_size)
+    patch_size = min(MIL_WINDOW, config.input_size)
     patch_model = build_model(config.model, (patch_size, patch_size, config.channels),
                               len(class_names))
     if [tuple(w.shape) for w in patch_model.get_weights()] != [
@@ -365,7 +365,7 @@ def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
                          "(a Flatten head); lesion-patch pretraining needs a global-pooling "
                          "preset such as mammo_mil or mammo_net.")
     patches, targets = sample_patches(
-        files, labels.tolist(), class_names, load_annotations(data_dir), config.image_size,
+        files, labels.tolist(), class_names, load_annotations(data_dir), config.input_size,
         config.channels, patch_size, seed=config.seed, crop=config.crop_breast)
     weights = pretrain_on_patches(config.model, patches, targets, len(class_names),
                                   config.patch_pretrain_epochs, config.batch_size,
@@ -394,12 +394,13 @@ def train(config: TrainConfig) -> Path:
     data_dir, run_dir = Path(config.data_dir), Path(config.out)
     resume.check(config, run_dir)
     requested = config  # as given: what --resume must repeat
+    config = dataclasses.replace(config, image_size=config.input_size)  # recorded as used
     for name, value in (("epochs", config.epochs), ("batch_size", config.batch_size),
-                        ("image_size", config.image_size)):
+                        ("image_size", config.input_size)):
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
-    if config.image_size < 16:
-        raise ValueError(f"--image-size must be at least 16, got {config.image_size}.")
+    if config.input_size < 16:
+        raise ValueError(f"--image-size must be at least 16, got {config.input_size}.")
     if config.other_breast and (config.model in PRETRAINED or config.patch_pretrain_epochs):
         # Both take one image: ImageNet weights expect one grey or RGB picture, and lesion
         # patches have no counterpart in the other breast.
@@ -474,7 +475,7 @@ def train(config: TrainConfig) -> Path:
 
     keras.utils.set_random_seed(config.seed)
     # With the other breast, its image follows the film's own as further channels.
-    input_shape = (config.image_size, config.image_size,
+    input_shape = (config.input_size, config.input_size,
                    config.channels * (2 if config.other_breast else 1))
     backbone_weights = config.weights
     if config.model in PRETRAINED:  # default ImageNet; "none" = random initialisation
@@ -538,7 +539,7 @@ def train(config: TrainConfig) -> Path:
     run_config: dict[str, Any] = {
         "training": config.to_dict(),
         "class_names": list(class_names),
-        "image_size": config.image_size,
+        "image_size": config.input_size,
         "channels": config.channels,
         "input_shape": list(input_shape),
         "preprocessing": {
@@ -547,7 +548,7 @@ def train(config: TrainConfig) -> Path:
                        if config.crop_breast else "stretch to square")
             + ", antialiased bilinear",
             "intensity": "stretched to the image's own range [min, max] -> [0, 1]",
-            "image_size": config.image_size,
+            "image_size": config.input_size,
             "channels": config.channels,
             "crop_breast": config.crop_breast,
             "other_breast": config.other_breast,
