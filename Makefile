@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MIAS ?= ../shared/data/mini-mias
 DATA ?= data/mini-mias
-MODEL ?= seed
+MODEL ?= auto
 RUN ?= runs/$(MODEL)-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 

@@ -130,7 +130,7 @@ def latency(data: Path, workdir: Path) -> None:
     from tumor_classifier.predict import Classifier
     from tumor_classifier.train import train
 
-    run = train(TrainConfig(data_dir=str(data), out=str(workdir / "run"), epochs=1,
+    run = train(TrainConfig(model="seed", data_dir=str(data), out=str(workdir / "run"), epochs=1,
                             image_size=128, crop_breast=False,
                             cache_dir=str(workdir / "cache")))
     classifier = Classifier.load(run)

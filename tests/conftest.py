@@ -47,7 +47,8 @@ def trained_run(prepared_mias: Path, tmp_path_factory: pytest.TempPathFactory) -
     from tumor_classifier.train import train
 
     out = tmp_path_factory.mktemp("runs") / "seed"
-    return train(TrainConfig(data_dir=str(prepared_mias), out=str(out), epochs=2, workers=2,
+    return train(TrainConfig(model="seed",
+                             data_dir=str(prepared_mias), out=str(out), epochs=2, workers=2,
                              image_size=128, crop_breast=False, other_breast=False))
 
 
@@ -58,7 +59,8 @@ def paired_run(prepared_mias: Path, tmp_path_factory: pytest.TempPathFactory) ->
     from tumor_classifier.train import train
 
     out = tmp_path_factory.mktemp("runs") / "paired"
-    return train(TrainConfig(data_dir=str(prepared_mias), out=str(out), epochs=1, workers=2,
+    return train(TrainConfig(model="seed",
+                             data_dir=str(prepared_mias), out=str(out), epochs=1, workers=2,
                              image_size=64, other_breast=True))
 
 

@@ -91,7 +91,7 @@ def test_jax_backend_smoke(small_dataset: Path, tmp_path: Path) -> None:
         "import keras, sys\n"
         "assert keras.backend.backend() == 'jax'\n"
         f"run = train(TrainConfig(data_dir={str(small_dataset)!r}, out={str(run_dir)!r}, "
-        "epochs=1, image_size=64, workers=1))\n"
+        "model='seed', epochs=1, image_size=64, workers=1))\n"
         "classifier = Classifier.load(run)\n"
         "result = classifier.predict([sys.argv[1]])[0]\n"
         "from tumor_classifier.explain import grad_cam\n"
@@ -145,7 +145,7 @@ def test_dicom_datasets_train_evaluate_predict_without_leaking_identifiers(
             png.unlink()
     run_dir = tmp_path / "run"
     assert main(["train", str(small_dataset), "--out", str(run_dir), "--epochs", "1",
-                 "--image-size", "64", "--workers", "1"]) == 0
+                 "--model", "seed", "--image-size", "64", "--workers", "1"]) == 0
     assert main(["evaluate", str(run_dir), str(small_dataset / "validation")]) == 0
     dicoms = sorted(small_dataset.rglob("*.dcm"))
     assert main(["predict", str(run_dir), *map(str, dicoms), "--csv",

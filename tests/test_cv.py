@@ -39,7 +39,7 @@ def test_cv_refuses_to_split_without_patients(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path) -> None:
-    config = TrainConfig(data_dir="", out="", epochs=1, image_size=32, workers=1)
+    config = TrainConfig(model="seed", data_dir="", out="", epochs=1, image_size=32, workers=1)
     summary = cross_validate(prepared_mias, tmp_path / "cv", config, folds=2)
     for fold in (1, 2):
         assert (tmp_path / "cv" / f"fold{fold}" / "run" / "model.keras").is_file()
@@ -63,7 +63,7 @@ def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_cross_validation_with_the_other_breast(prepared_mias: Path, tmp_path: Path) -> None:
-    config = TrainConfig(data_dir="", out="", epochs=1, image_size=32, workers=1,
+    config = TrainConfig(model="seed", data_dir="", out="", epochs=1, image_size=32, workers=1,
                          other_breast=True)
     summary = cross_validate(prepared_mias, tmp_path / "cv", config, folds=2)
     assert summary["pooled_out_of_fold"]["n"] == 240  # every film had its other breast
@@ -86,7 +86,7 @@ def test_an_interrupted_cv_resumes_where_it_stopped(prepared_mias: Path, tmp_pat
     from tumor_classifier import train as train_module
 
     monkeypatch.setattr(resume, "BACKUP_SECONDS", 0.0)  # a backup after every epoch
-    config = TrainConfig(data_dir="", out="", epochs=2, image_size=32, workers=1)
+    config = TrainConfig(model="seed", data_dir="", out="", epochs=2, image_size=32, workers=1)
     whole = cross_validate(prepared_mias, tmp_path / "whole", config, folds=2)
     set_epoch, calls = train_module.Batches.set_epoch, []
 

@@ -80,4 +80,4 @@ def test_data_parallel_checks_its_options() -> None:
     with pytest.raises(ValueError, match=r"--distribute 'model-parallel': choose one of none"):
         with distribution_scope("model-parallel", 4):
             pass
-    assert TrainConfig(data_dir="d", out="o").distribute == "none"
+    assert TrainConfig(model="seed", data_dir="d", out="o").distribute == "none"

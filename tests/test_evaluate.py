@@ -163,7 +163,7 @@ def test_films_named_left_and_right_train_and_evaluate_with_the_other_breast(
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.hardlink_to(prepared_mias / film)
                     taken[row["split"], label] += 1
-    run = train(TrainConfig(data_dir=str(data), out=str(tmp_path / "run"), epochs=1,
+    run = train(TrainConfig(model="seed", data_dir=str(data), out=str(tmp_path / "run"), epochs=1,
                             image_size=64, workers=2))
     config = json.loads((run / "config.json").read_text())
     assert config["training"]["other_breast"] and config["input_shape"] == [64, 64, 2]
@@ -187,7 +187,8 @@ def test_class_folders_named_benign_malignant_normal_get_the_clinical_questions(
     for split in ("train", "validation"):
         for short, long in names.items():
             (small_dataset / split / short).rename(small_dataset / split / long)
-    run_dir = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "run"),
+    run_dir = train(TrainConfig(model="seed",
+                                data_dir=str(small_dataset), out=str(tmp_path / "run"),
                                 epochs=1, image_size=32, workers=1))
     metrics = evaluate(run_dir, small_dataset / "validation", tmp_path / "report")
     assert metrics["class_names"] == ["benign", "malignant", "normal"]

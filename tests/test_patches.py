@@ -52,7 +52,8 @@ def test_patches_from_real_lesions_and_normal_tissue(prepared_mias: Path, crop: 
 @pytest.mark.slow
 def test_patch_pretraining_refuses_what_it_cannot_do(prepared_mias: Path,
                                                      tmp_path: Path) -> None:
-    base = TrainConfig(data_dir=str(prepared_mias), out=str(tmp_path / "run"), epochs=1,
+    base = TrainConfig(model="seed",
+                       data_dir=str(prepared_mias), out=str(tmp_path / "run"), epochs=1,
                        image_size=128, patch_pretrain_epochs=1, workers=1)
     with pytest.raises(ValueError, match=r"preset 'seed' has weights that depend on the "
                        r"input size"):

@@ -29,14 +29,15 @@ def test_class_weights_balanced_none_and_explicit() -> None:
 
 
 def test_each_preset_has_its_own_default_input_size() -> None:
-    assert TrainConfig(data_dir="d", out="o").input_size == 128  # seed, as the original
+    assert TrainConfig(model="seed",
+                       data_dir="d", out="o").input_size == 128  # seed, as the original
     for model in ("seed_augmented", "mammo_net", "mammo_mil", "efficientnet_lite0"):
         assert TrainConfig(data_dir="d", out="o", model=model).input_size == 256
     assert TrainConfig(data_dir="d", out="o", model="mammo_net", image_size=96).input_size == 96
 
 
 def test_config_json_round_trip() -> None:
-    config = TrainConfig(data_dir="d", out="o", epochs=3, patience=2)
+    config = TrainConfig(model="seed", data_dir="d", out="o", epochs=3, patience=2)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match=r"Unknown training option\(s\) \['epoch'\]"):
         TrainConfig.from_dict({"data_dir": "d", "out": "o", "epoch": 3})
@@ -76,7 +77,8 @@ def test_train_refuses_unreadable_files_then_skips_them_on_request(small_dataset
     (small_dataset / "train" / "CAN" / "broken scan.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (small_dataset / "validation" / "NOR" / "empty.png").write_bytes(b"")
     before = _digest(small_dataset)
-    config = TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "run"), epochs=1,
+    config = TrainConfig(model="seed",
+                         data_dir=str(small_dataset), out=str(tmp_path / "run"), epochs=1,
                          image_size=64, workers=1)
     with pytest.raises(ValueError, match=r"(?s)2 unreadable image\(s\).*broken scan.png.*"
                        r"empty.png: empty file.*--skip-unreadable"):
@@ -92,7 +94,7 @@ def test_train_refuses_unreadable_files_then_skips_them_on_request(small_dataset
 
 @pytest.mark.slow
 def test_explicit_steps_and_early_stopping(small_dataset: Path, tmp_path: Path) -> None:
-    run_dir = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"),
+    run_dir = train(TrainConfig(model="seed", data_dir=str(small_dataset), out=str(tmp_path / "r"),
                                 epochs=4, image_size=64, batch_size=4, steps_per_epoch=2,
                                 validation_steps=1, patience=1, learning_rate=0.0,
                                 class_weight="BEN=5,CAN=5,NOR=1", workers=1))
@@ -109,8 +111,8 @@ def test_keep_last_keeps_the_final_epoch_not_the_best(small_dataset: Path,
     from tumor_classifier.predict import Classifier
 
     # at this rate the validation loss is lowest at epoch 3 of 4 (1.103, then 1.118)
-    options = dict(data_dir=str(small_dataset), epochs=4, image_size=32, workers=1,
-                   learning_rate=0.01)
+    options = dict(data_dir=str(small_dataset), model="seed", epochs=4, image_size=32,
+                   workers=1, learning_rate=0.01)
     validation = scan_folder(small_dataset / "validation")
     inputs = np.stack([load_model_input(path, 32, 1, crop=True) for path in validation.files])
     kept_loss = {}
@@ -137,7 +139,8 @@ def test_an_interrupted_run_resumes_after_its_last_finished_epoch(
     from tumor_classifier import train as train_module
 
     monkeypatch.setattr(resume, "BACKUP_SECONDS", 0.0)  # a backup after every epoch
-    options = dict(data_dir=str(small_dataset), epochs=4, image_size=32, workers=1)
+    options = dict(data_dir=str(small_dataset), model="seed", epochs=4, image_size=32,
+                   workers=1)
     whole = train(TrainConfig(out=str(tmp_path / "whole"), **options))
     set_epoch = train_module.Batches.set_epoch
 
@@ -180,7 +183,7 @@ def test_focal_loss_and_cosine_schedule() -> None:
 
     from tumor_classifier.train import _loss, _optimizer
 
-    config = TrainConfig(data_dir="", out="", epochs=5, learning_rate=0.01,
+    config = TrainConfig(model="seed", data_dir="", out="", epochs=5, learning_rate=0.01,
                          lr_schedule="cosine", loss="focal")
     schedule = _optimizer(config, config.learning_rate, steps_per_epoch=4).learning_rate
     assert float(schedule) == pytest.approx(0.01)  # at step 0
@@ -196,7 +199,7 @@ def test_focal_loss_and_cosine_schedule() -> None:
     with pytest.raises(ValueError, match="--loss 'dice': use crossentropy or focal"):
         _loss("dice")
     with pytest.raises(ValueError, match="--lr-schedule 'step': use constant or cosine"):
-        _optimizer(TrainConfig(data_dir="", out="", lr_schedule="step"), 0.01, 4)
+        _optimizer(TrainConfig(model="seed", data_dir="", out="", lr_schedule="step"), 0.01, 4)
 
 
 def test_balanced_sampling_draws_every_class_equally_often() -> None:
@@ -229,7 +232,7 @@ def test_mixed_precision_trains_and_saves_a_float32_model(small_dataset: Path,
     from tumor_classifier.predict import Classifier
     from tumor_classifier.train import _precision
 
-    run_dir = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"),
+    run_dir = train(TrainConfig(model="seed", data_dir=str(small_dataset), out=str(tmp_path / "r"),
                                 epochs=1, image_size=64, batch_size=4, workers=1,
                                 precision="mixed"))
     assert keras.config.dtype_policy().name == "float32"  # restored after training
@@ -309,7 +312,8 @@ def test_diverged_training_says_so_in_one_line(small_dataset: Path, tmp_path: Pa
     # ended in an unrelated numpy error while computing the calibration error of NaNs.
     with pytest.raises(ValueError, match=r"training diverged .* lower --learning-rate than "
                        r"1e\+06, e\.g\. 100000"):
-        train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"), epochs=3,
+        train(TrainConfig(model="seed",
+                          data_dir=str(small_dataset), out=str(tmp_path / "r"), epochs=3,
                           image_size=64, batch_size=4, workers=1, learning_rate=1e6))
     history = (tmp_path / "r" / "history.csv").read_text().splitlines()
     assert len(history) < 1 + 3  # TerminateOnNaN stopped it before the third epoch
@@ -320,7 +324,7 @@ def test_a_collapsed_model_is_flagged(small_dataset: Path, tmp_path: Path,
                                       caplog: pytest.LogCaptureFixture) -> None:
     # At rate 10 the loss stays finite but every ReLU dies: the same probabilities for
     # every film (what `seed` at 1,024 px did at its default rate on the GPU).
-    run_dir = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"),
+    run_dir = train(TrainConfig(model="seed", data_dir=str(small_dataset), out=str(tmp_path / "r"),
                                 epochs=2, image_size=64, batch_size=4, workers=1,
                                 learning_rate=10.0))
     assert json.loads((run_dir / "config.json").read_text())["collapsed"] is True
@@ -334,11 +338,11 @@ def test_other_breast_refuses_what_it_cannot_pair(small_dataset: Path, tmp_path:
                           model="efficientnet_lite0", other_breast=True))
     # class folders without split.csv: one line saying what is missing and what to do
     with pytest.raises(ValueError, match=r"nothing names the other breast of these films"):
-        train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "b"),
+        train(TrainConfig(model="seed", data_dir=str(small_dataset), out=str(tmp_path / "b"),
                           image_size=32, epochs=1, workers=1, other_breast=True))
     assert not (tmp_path / "b" / "model.keras").exists()
     # by default, plain class folders train one film at a time
-    run = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "c"),
+    run = train(TrainConfig(model="seed", data_dir=str(small_dataset), out=str(tmp_path / "c"),
                             image_size=32, epochs=1, workers=1))
     config = json.loads((run / "config.json").read_text())
     assert config["training"]["other_breast"] is False and config["input_shape"] == [32, 32, 1]
@@ -354,8 +358,11 @@ def test_splits_named_as_public_sets_name_them(small_dataset: Path, tmp_path: Pa
                                 epochs=1, workers=1))
     assert "splits: Training/ for training, val/ for validation" in caplog.text
     config = json.loads((run / "config.json").read_text())
-    # no --image-size: seed's own 128, recorded as used
-    assert config["image_size"] == config["training"]["image_size"] == 128
+    # the defaults: these films' other breasts are not named, so --model auto trains
+    # efficientnet_lite0 from ImageNet weights, at its own 256 pixels, recorded as used
+    assert config["model"] == config["training"]["model"] == "efficientnet_lite0"
+    assert config["image_size"] == config["training"]["image_size"] == 256
+    assert "--model auto: efficientnet_lite0 from ImageNet weights" in caplog.text
     assert sum(config["data"]["validation"].values()) == 9
     assert (run / "evaluation" / "validation" / "metrics.json").is_file()
     # without a validation split, one line says what to do; test/ is never used instead
@@ -363,3 +370,23 @@ def test_splits_named_as_public_sets_name_them(small_dataset: Path, tmp_path: Pa
     with pytest.raises(FileNotFoundError, match=r"no validation/ folder beside Training/; "
                        r"training checks each epoch .* \(never on test/\)"):
         train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r2"), epochs=1))
+
+
+def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
+        prepared_mias: Path, small_dataset: Path) -> None:
+    from tumor_classifier.data import scan_folder
+    from tumor_classifier.train import choose_model
+
+    def files(root: Path) -> list[tuple[Path, ...]]:
+        return [scan_folder(root / split).files for split in ("train", "validation")]
+
+    auto = TrainConfig(data_dir="", out="")
+    assert auto.model == "auto"
+    paired, single = files(prepared_mias), files(small_dataset)  # split.csv names pairs
+    assert choose_model(auto, *paired) == "seed"
+    assert choose_model(auto, *single) == "efficientnet_lite0"
+    for options, expected in (({"other_breast": False}, "efficientnet_lite0"),
+                              ({"patch_pretrain_epochs": 2}, "efficientnet_lite0")):
+        assert choose_model(TrainConfig(data_dir="", out="", **options), *paired) == expected
+    # --other-breast insists on the pair, so on seed (a missing pair is then an error)
+    assert choose_model(TrainConfig(data_dir="", out="", other_breast=True), *single) == "seed"

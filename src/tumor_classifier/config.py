@@ -50,7 +50,7 @@ def describe_class(name: str) -> str:
 
 
 def default_image_size(model: str) -> int:
-    """A preset's input side when --image-size is not given.
+    """A preset's input side when --image-size is not given (`model` chosen, not "auto").
 
     `seed` keeps the original project's 128: with the breast crop and the other breast,
     5-fold CV by woman over five seeds scored the same at 128 as at 256 on mini-MIAS films
@@ -68,8 +68,11 @@ class TrainConfig:
 
     data_dir: str
     out: str
-    # Model preset, see `models.PRESETS`. "seed" is the original project's CNN.
-    model: str = "seed"
+    # Model preset, see `models.PRESETS` ("seed" is the original project's CNN), or "auto"
+    # (the default): `seed` with the other breast where every training and validation
+    # film's other breast is named, `efficientnet_lite0` from ImageNet weights otherwise
+    # (`train.choose_model`; config.json records the choice).
+    model: str = "auto"
     # Square side the image is resized to; None: the preset's own (`default_image_size`).
     image_size: int | None = None
     # 1 = grayscale (mammograms), 3 = the grey image repeated (for RGB backbones).

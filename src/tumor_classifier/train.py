@@ -10,7 +10,7 @@ import datetime
 import logging
 import math
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,27 @@ def as_dataset(batches: Batches, workers: int = 2) -> Any:
 # The names class-folder datasets give their splits, matched case-insensitively, the first
 # found winning: Keras tutorials and many public sets say "val" or "valid".
 SPLIT_NAMES = {"train": ("train", "training"), "validation": ("validation", "val", "valid")}
+
+
+def choose_model(config: TrainConfig, train_files: Sequence[Path],
+                 validation_files: Sequence[Path]) -> str:
+    """The preset that `--model auto` (the default) trains on these files.
+
+    `seed` with the other breast where every training and validation film's other breast
+    is named (split.csv, or LEFT/RIGHT file names) and the options allow the pair: on
+    mini-MIAS the pair is what lifts it, and no other preset did better there. Otherwise
+    (regions of interest, ultrasound frames, films of one breast) `efficientnet_lite0`
+    from its ImageNet weights, one image at a time: on lesion patches of the same films it
+    scored far higher than `seed` (README, "Which model without the other breast").
+    """
+    pairable = (config.other_breast is not False and not config.patch_pretrain_epochs
+                and all(other_breasts(train_files)) and all(other_breasts(validation_files)))
+    model = "seed" if pairable or config.other_breast else "efficientnet_lite0"
+    logger.info("--model auto: %s", (
+        "seed (every film's other breast is named)" if model == "seed" else
+        "efficientnet_lite0 from ImageNet weights, one image at a time (not every film's "
+        "other breast is named; --model seed for the original network)"))
+    return model
 
 
 def find_split(data_dir: Path, split: str) -> Path | None:
@@ -394,13 +415,12 @@ def train(config: TrainConfig) -> Path:
     data_dir, run_dir = Path(config.data_dir), Path(config.out)
     resume.check(config, run_dir)
     requested = config  # as given: what --resume must repeat
-    config = dataclasses.replace(config, image_size=config.input_size)  # recorded as used
     for name, value in (("epochs", config.epochs), ("batch_size", config.batch_size),
-                        ("image_size", config.input_size)):
+                        ("image_size", config.image_size or 1)):
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
-    if config.input_size < 16:
-        raise ValueError(f"--image-size must be at least 16, got {config.input_size}.")
+    if config.image_size is not None and config.image_size < 16:
+        raise ValueError(f"--image-size must be at least 16, got {config.image_size}.")
     if config.other_breast and (config.model in PRETRAINED or config.patch_pretrain_epochs):
         # Both take one image: ImageNet weights expect one grey or RGB picture, and lesion
         # patches have no counterpart in the other breast.
@@ -429,6 +449,10 @@ def train(config: TrainConfig) -> Path:
     if (train_dir, validation_dir) != (data_dir / "train", data_dir / "validation"):
         logger.info("splits: %s/ for training, %s/ for validation",
                     train_folder.root.name, validation_folder.root.name)
+    if config.model == "auto":
+        config = dataclasses.replace(
+            config, model=choose_model(config, train_folder.files, validation_folder.files))
+    config = dataclasses.replace(config, image_size=config.input_size)  # recorded as used
     if config.other_breast is None:
         # On where every film can be paired with the other breast of its own split (not
         # for the presets that take one image), off for plain class folders; config.json
