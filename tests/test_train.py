@@ -375,7 +375,7 @@ def test_splits_named_as_public_sets_name_them(small_dataset: Path, tmp_path: Pa
 def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
         prepared_mias: Path, small_dataset: Path) -> None:
     from tumor_classifier.data import scan_folder
-    from tumor_classifier.train import choose_model
+    from tumor_classifier.train import can_pair, choose_model
 
     def files(root: Path) -> list[tuple[Path, ...]]:
         return [scan_folder(root / split).files for split in ("train", "validation")]
@@ -383,10 +383,13 @@ def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
     auto = TrainConfig(data_dir="", out="")
     assert auto.model == "auto"
     paired, single = files(prepared_mias), files(small_dataset)  # split.csv names pairs
-    assert choose_model(auto, *paired) == "seed"
-    assert choose_model(auto, *single) == "efficientnet_lite0"
+    def chosen(config: TrainConfig, files: list[tuple[Path, ...]]) -> str:
+        return choose_model(config, can_pair(config, *files))
+
+    assert chosen(auto, paired) == "seed"
+    assert chosen(auto, single) == "efficientnet_lite0"
     for options, expected in (({"other_breast": False}, "efficientnet_lite0"),
                               ({"patch_pretrain_epochs": 2}, "efficientnet_lite0")):
-        assert choose_model(TrainConfig(data_dir="", out="", **options), *paired) == expected
+        assert chosen(TrainConfig(data_dir="", out="", **options), paired) == expected
     # --other-breast insists on the pair, so on seed (a missing pair is then an error)
-    assert choose_model(TrainConfig(data_dir="", out="", other_breast=True), *single) == "seed"
+    assert chosen(TrainConfig(data_dir="", out="", other_breast=True), single) == "seed"

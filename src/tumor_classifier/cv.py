@@ -246,7 +246,7 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         "folds": folds,
         # As the folds trained: the preset, size and pairing that the defaults chose.
         "config": {key: value for key, value in
-                   load_json(run_dir / "config.json")["training"].items()
+                   load_json(out / f"fold{folds}" / "run" / "config.json")["training"].items()
                    if key not in ("data_dir", "out")},
         "data_dir": str(data_dir),
         "images": len(samples),

@@ -168,22 +168,26 @@ def as_dataset(batches: Batches, workers: int = 2) -> Any:
 SPLIT_NAMES = {"train": ("train", "training"), "validation": ("validation", "val", "valid")}
 
 
-def choose_model(config: TrainConfig, train_files: Sequence[Path],
-                 validation_files: Sequence[Path]) -> str:
-    """The preset that `--model auto` (the default) trains on these files.
+def can_pair(config: TrainConfig, train_files: Sequence[Path],
+             validation_files: Sequence[Path]) -> bool:
+    """Whether the options allow the other breast and every training and validation film
+    has its other breast named (split.csv, or LEFT/RIGHT file names)."""
+    return (config.other_breast is not False and not config.patch_pretrain_epochs
+            and all(other_breasts(train_files)) and all(other_breasts(validation_files)))
 
-    `seed` with the other breast where every training and validation film's other breast
-    is named (split.csv, or LEFT/RIGHT file names) and the options allow the pair: on
-    mini-MIAS the pair is what lifts it, and no other preset did better there. Otherwise
-    (regions of interest, ultrasound frames, films of one breast) `efficientnet_lite0`
-    from its ImageNet weights, one image at a time: on lesion patches of the same films it
-    scored far higher than `seed` (README, "Which model without the other breast").
+
+def choose_model(config: TrainConfig, pairable: bool) -> str:
+    """The preset that `--model auto` (the default) trains; `pairable` from `can_pair`.
+
+    `seed` with the other breast where the films can be paired (or --other-breast insists):
+    on mini-MIAS the pair is what lifts it, and no other preset did better there.
+    Otherwise (regions of interest, ultrasound frames, films of one breast)
+    `efficientnet_lite0` from its ImageNet weights, one image at a time: on lesion patches
+    of the same films it scored far higher than `seed` (README, "Which model without the
+    other breast").
     """
-    pairable = (config.other_breast is not False and not config.patch_pretrain_epochs
-                and all(other_breasts(train_files)) and all(other_breasts(validation_files)))
     model = "seed" if pairable or config.other_breast else "efficientnet_lite0"
-    logger.info("--model auto: %s", (
-        "seed (every film's other breast is named)" if model == "seed" else
+    logger.info("--model auto: %s", "seed" if model == "seed" else (
         "efficientnet_lite0 from ImageNet weights, one image at a time (not every film's "
         "other breast is named; --model seed for the original network)"))
     return model
@@ -415,8 +419,7 @@ def train(config: TrainConfig) -> Path:
     data_dir, run_dir = Path(config.data_dir), Path(config.out)
     resume.check(config, run_dir)
     requested = config  # as given: what --resume must repeat
-    for name, value in (("epochs", config.epochs), ("batch_size", config.batch_size),
-                        ("image_size", config.image_size or 1)):
+    for name, value in (("epochs", config.epochs), ("batch_size", config.batch_size)):
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
     if config.image_size is not None and config.image_size < 16:
@@ -449,17 +452,15 @@ def train(config: TrainConfig) -> Path:
     if (train_dir, validation_dir) != (data_dir / "train", data_dir / "validation"):
         logger.info("splits: %s/ for training, %s/ for validation",
                     train_folder.root.name, validation_folder.root.name)
+    pairable = can_pair(config, train_folder.files, validation_folder.files)
     if config.model == "auto":
-        config = dataclasses.replace(
-            config, model=choose_model(config, train_folder.files, validation_folder.files))
+        config = dataclasses.replace(config, model=choose_model(config, pairable))
     config = dataclasses.replace(config, image_size=config.input_size)  # recorded as used
     if config.other_breast is None:
         # On where every film can be paired with the other breast of its own split (not
         # for the presets that take one image), off for plain class folders; config.json
         # records it.
-        paired = (config.model not in PRETRAINED and not config.patch_pretrain_epochs
-                  and all(other_breasts(train_folder.files))
-                  and all(other_breasts(validation_folder.files)))
+        paired = pairable and config.model not in PRETRAINED
         config = dataclasses.replace(config, other_breast=paired)
         if paired:
             logger.info("every film's other breast is named (split.csv or LEFT/RIGHT in the "
