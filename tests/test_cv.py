@@ -57,6 +57,10 @@ def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path) -> Non
                 "train_seconds"):
         assert rows[key]["mean"] is not None and rows[key]["std"] is not None, key
     assert "pooled [95% CI]" in format_cv(summary)
+    # no woman's film is a near-copy of another woman's, even at 32 pixels
+    assert saved["near_copies_in_test_folds"] == 0 and "WARNING" not in format_cv(summary)
+    summary["near_copies_in_test_folds"] = 3
+    assert "WARNING: 3 test-fold images are near-copies" in format_cv(summary)
     # the source dataset was only linked to, never modified
     assert sum(1 for _ in prepared_mias.rglob("*.png")) == 240
 

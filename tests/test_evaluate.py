@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -196,3 +197,53 @@ def test_class_folders_named_benign_malignant_normal_get_the_clinical_questions(
     calibration = json.loads((run_dir / "config.json").read_text())["calibration"]
     assert set(calibration["thresholds"]) <= {"CAN_vs_rest", "abnormal_vs_normal"}
     assert "abnormal_vs_normal" in (tmp_path / "report" / "report.txt").read_text()
+
+
+def test_images_the_model_was_fitted_on_are_flagged_in_every_report(
+        trained_run: Path, prepared_mias: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    metrics = evaluate(trained_run, prepared_mias / "test", tmp_path / "test")
+    assert metrics["near_copies"] == {"train": 0, "validation": 0}
+    assert "WARNING" not in (tmp_path / "test" / "report.txt").read_text()
+    with (tmp_path / "test" / "predictions.csv").open() as handle:
+        assert {row["near_copy_of"] for row in csv.DictReader(handle)} == {""}
+
+    # The validation split (calibration, thresholds) is not a test split.
+    validation = sorted((prepared_mias / "validation").rglob("*.png"))
+    metrics = evaluate(trained_run, prepared_mias / "validation", tmp_path / "validation")
+    assert metrics["near_copies"] == {"train": 0, "validation": len(validation)}
+    report = (tmp_path / "validation" / "report.txt").read_text()
+    assert report.startswith(f"WARNING: {len(validation)} of {len(validation)} images are "
+                             "near-copies of images the model was fitted on")
+    assert f"{validation[0]}, itself a validation image" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_copy_of_a_training_film_in_another_split_is_named(
+        small_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from PIL import Image
+
+    from tumor_classifier.config import TrainConfig
+    from tumor_classifier.train import train
+
+    source = sorted((small_dataset / "train" / "CAN").glob("*.png"))[0]
+    Image.open(source).convert("L").save(small_dataset / "validation" / "CAN" / "x.jpg",
+                                         quality=75)
+    run = train(TrainConfig(model="seed", data_dir=str(small_dataset), out=str(tmp_path / "run"),
+                            epochs=1, image_size=64, workers=1))
+    assert (f"1 of 10 images are near-copies of images the model was fitted on (1 train; for "
+            f"example {small_dataset / 'validation/CAN/x.jpg'} and train image {source})"
+            in caplog.text)
+    assert json.loads((run / "config.json").read_text())["validation_near_copies_of_train"] == 1
+    assert (run / "evaluation/validation/report.txt").read_text().startswith(
+        "WARNING: 1 of 10 images")
+
+    test = tmp_path / "test" / "CAN"
+    test.mkdir(parents=True)
+    Image.open(source).resize((512, 512)).save(test / "resized.png")
+    shutil.copy(sorted((small_dataset / "validation" / "NOR").glob("*.png"))[0], test / "y.png")
+    metrics = evaluate(run, test.parent, tmp_path / "report")
+    assert metrics["near_copies"] == {"train": 1, "validation": 1}
+    with (tmp_path / "report" / "predictions.csv").open() as handle:
+        rows = {Path(row["file"]).name: row["near_copy_of"] for row in csv.DictReader(handle)}
+    assert rows["resized.png"] == str(source)

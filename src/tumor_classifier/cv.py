@@ -252,6 +252,10 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         "images": len(samples),
         "patients": len({sample.patient for sample in samples}),
         "per_fold_mean_std": summary_rows,
+        # Test-fold images that are near-copies of their fold's training or validation images
+        # (another patient's copy of the same picture): every number above is then optimistic.
+        "near_copies_in_test_folds": sum(sum((metrics.get("near_copies") or {}).values())
+                                         for metrics in per_fold),
         "pooled_out_of_fold": {key: pooled[key] for key in (
             "n", "accuracy", "balanced_accuracy", "majority_baseline", "macro_auc_ovr",
             "binary", "expected_calibration_error", "confidence_intervals", "per_class")},
@@ -287,4 +291,8 @@ def format_cv(summary: dict[str, Any]) -> str:
             pooled_text = f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]"
                                               if interval else "")
         lines.append(f"{key:<34}{f'{mean:.3f} ± {std:.3f}':>22}{pooled_text:>26}")
+    if summary.get("near_copies_in_test_folds"):
+        lines.append(f"WARNING: {summary['near_copies_in_test_folds']} test-fold images are "
+                     "near-copies of images their fold's model was fitted on (each fold's "
+                     "predictions.csv: near_copy_of); these numbers are optimistic.")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import classification_report
 
-from .cache import CachedImages, WithOtherBreast, cache_images
+from .cache import CachedImages, WithOtherBreast, cache_images, find_near_copies, thumbnails
 from .config import save_json
 from .data import pair_with_other_breasts, read_split_table, scan_folder
 from .metrics import bootstrap_intervals, compute_metrics
@@ -37,6 +37,65 @@ def patient_groups(files: Sequence[Path | str], data_dir: Path) -> list[str] | N
     return [str(group) for group in groups] if all(groups) else None
 
 
+def near_copy_sources(
+    own: np.ndarray, references: dict[str, tuple[np.ndarray, Sequence[Path | str]]]
+) -> list[tuple[str, str] | None]:
+    """For each of the `own` thumbnails (`cache.thumbnails`), the (split, file) of a near-copy
+    among `references` (split -> (thumbnails, files)), earlier splits first; None where
+    there is none."""
+    sources: list[tuple[str, str] | None] = [None] * len(own)
+    for split, (reference, files) in references.items():
+        for row, found in enumerate(find_near_copies(own, reference)):
+            if found >= 0 and sources[row] is None:
+                sources[row] = (split, str(files[found]))
+    return sources
+
+
+def save_thumbnails(run_dir: Path, splits: dict[str, tuple[np.ndarray, Sequence[Path]]]
+                    ) -> None:
+    """`RUN_DIR/thumbnails.npz`: the 16x16 standardised thumbnails (float16, not images
+    anyone could read a finding from) and file names of the images the model was fitted
+    on, so that `evaluate` can flag near-copies of them."""
+    arrays: dict[str, np.ndarray] = {}
+    for split, (own, files) in splits.items():
+        arrays[split] = own.astype(np.float16)
+        arrays[f"{split}_files"] = np.array([str(file) for file in files], dtype=str)
+    # type: ignore: numpy's stubs read any keyword as its allow_pickle flag.
+    np.savez_compressed(run_dir / "thumbnails.npz", **arrays)  # type: ignore[arg-type]
+
+
+def read_thumbnails(run_dir: Path
+                    ) -> dict[str, tuple[np.ndarray, Sequence[Path | str]]] | None:
+    """What `save_thumbnails` wrote (split -> (thumbnails, files)), or None for an older run."""
+    path = Path(run_dir) / "thumbnails.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        return {name: (saved[name].astype(np.float32), saved[f"{name}_files"].tolist())
+                for name in saved.files if not name.endswith("_files")}
+
+
+def describe_near_copies(files: Sequence[Path | str],
+                         sources: Sequence[tuple[str, str] | None]) -> str | None:
+    """One line on the images that are near-copies of the model's own training images, or
+    None when there are none."""
+    found = [(file, source) for file, source in zip(files, sources, strict=True) if source]
+    if not found:
+        return None
+    counts = {split: sum(source[0] == split for _, source in found)
+              for split in dict.fromkeys(source[0] for _, source in found)}
+    file, (split, original) = found[0]
+    same = Path(file).resolve() == Path(original).resolve()
+    example = f"{file}, itself a {split} image" if same else f"{file} and {split} image {original}"
+    return (
+        f"{len(found)} of {len(files)} images are near-copies of images the model was fitted "
+        f"on ({', '.join(f'{count} {split}' for split, count in counts.items())}; for "
+        f"example {example}): numbers measured on them are "
+        "optimistic. Remove the copies, or split by patient with `tumor-classifier prepare "
+        "folders`."
+    )
+
+
 def _interval(intervals: dict[str, Any], key: str) -> str:
     value = intervals.get(key)
     return "" if not value else f"  [{value[0]:.3f}, {value[1]:.3f}]"
@@ -47,7 +106,15 @@ def format_summary(metrics: dict[str, Any], report: str) -> str:
     per-class detail."""
     intervals = metrics.get("confidence_intervals", {})
     auc = metrics["macro_auc_ovr"]
-    lines = [
+    lines = []
+    copies = metrics.get("near_copies") or {}
+    if sum(copies.values()):
+        counts = ", ".join(f"{n} {split}" for split, n in copies.items() if n)
+        lines.append(
+            f"WARNING: {sum(copies.values())} of {metrics['n']} images are near-copies of "
+            f"images the model was fitted on ({counts}); these numbers are optimistic "
+            "(predictions.csv: near_copy_of).")
+    lines += [
         f"n = {metrics['n']} images; 95% CIs: bootstrap over "
         f"{metrics.get('bootstrap_unit', 'images')}",
         f"accuracy           {metrics['accuracy']:.3f}{_interval(intervals, 'accuracy')}",
@@ -84,8 +151,13 @@ def write_evaluation(
     unreadable: Sequence[str] = (),
     groups: Sequence[str] | None = None,
     thresholds: dict[str, float] | None = None,
+    copies: Sequence[tuple[str, str] | None] | None = None,
+    checked_splits: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Write metrics.json, predictions.csv, report.txt and the plots into `out`."""
+    """Write metrics.json, predictions.csv, report.txt and the plots into `out`.
+
+    `copies` (from `near_copy_sources`, checked against `checked_splits`) adds the column
+    `near_copy_of` to predictions.csv and their counts to the metrics and the report."""
     out.mkdir(parents=True, exist_ok=True)
     metrics = compute_metrics(labels, probabilities, class_names, thresholds)
     metrics["confidence_intervals"] = bootstrap_intervals(
@@ -93,6 +165,9 @@ def write_evaluation(
     metrics["bootstrap_unit"] = "patients (split.csv)" if groups else "images"
     metrics["bootstrap_resamples"] = BOOTSTRAP_RESAMPLES
     metrics["unreadable"] = list(unreadable)
+    near = None if copies is None else [source or ("", "") for source in copies]
+    metrics["near_copies"] = None if near is None else {
+        split: sum(source == split for source, _ in near) for split in checked_splits}
     report = classification_report(
         labels,
         probabilities.argmax(axis=1),
@@ -107,11 +182,14 @@ def write_evaluation(
         writer = csv.writer(handle)
         writer.writerow(
             ["file", "label", "prediction"] + [f"prob_{name}" for name in class_names]
+            + (["near_copy_of"] if near is not None else [])
         )
-        for file, label, row in zip(files, labels, probabilities, strict=True):
+        for index, (file, label, row) in enumerate(
+                zip(files, labels, probabilities, strict=True)):
             writer.writerow(
                 [file, class_names[label], class_names[int(np.argmax(row))]]
                 + [f"{value:.6f}" for value in row]
+                + ([near[index][1]] if near is not None else [])
             )
     save_figure(
         plot_confusion_matrix(np.array(metrics["confusion_matrix"]), class_names),
@@ -160,10 +238,21 @@ def evaluate(
     probabilities = classifier.predict_batch(inputs)[keep]
     files = [str(path) for path, kept in zip(folder.files, keep, strict=True) if kept]
     labels = np.asarray(folder.labels)[keep]
+    copies, checked = None, []
+    references = read_thumbnails(run_dir)
+    if references is None:
+        logger.info("%s: a run from before 2026-11-27 (no thumbnails.npz): near-copies of "
+                    "its training images are not looked for", run_dir)
+    else:
+        copies = near_copy_sources(thumbnails(inputs, np.flatnonzero(keep)), references)
+        checked = list(references)
+        warning = describe_near_copies(files, copies)
+        if warning:
+            logger.warning("%s: %s", data_dir, warning)
     out = Path(out) if out else run_dir / "evaluation" / data_dir.resolve().name
     metrics = write_evaluation(
         out, files, labels, probabilities, classifier.class_names, list(failures.values()),
-        patient_groups(files, data_dir), classifier.thresholds,
+        patient_groups(files, data_dir), classifier.thresholds, copies, checked,
     )
     metrics["report_dir"] = str(out)
     return metrics

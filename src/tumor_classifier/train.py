@@ -17,11 +17,17 @@ from typing import Any
 import numpy as np
 
 from . import __version__, resume
-from .cache import CachedImages, WithOtherBreast, cache_images
+from .cache import CachedImages, WithOtherBreast, cache_images, thumbnails
 from .config import TrainConfig, class_index, save_json
 from .data import ImageFolder, other_breasts, pair_with_other_breasts, scan_folder
 from .distribute import distribution_scope
-from .evaluate import patient_groups, write_evaluation
+from .evaluate import (
+    describe_near_copies,
+    near_copy_sources,
+    patient_groups,
+    save_thumbnails,
+    write_evaluation,
+)
 from .metrics import (
     apply_temperature,
     binary_tasks,
@@ -497,6 +503,13 @@ def train(config: TrainConfig) -> Path:
         logger.warning("skipped: %s", message)
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError(f"{data_dir}: no readable images in train/ or validation/.")
+    # Copies of training images in the validation split flatter its loss, the kept epoch,
+    # the calibration and the thresholds: said before training, and in the validation report.
+    train_thumbnails, val_thumbnails = thumbnails(x_train, train_rows), thumbnails(x_val, val_rows)
+    val_copies = near_copy_sources(val_thumbnails, {"train": (train_thumbnails, train_files)})
+    copies_message = describe_near_copies(val_files, val_copies)
+    if copies_message:
+        logger.warning("%s: %s", validation_folder.root, copies_message)
 
     keras.utils.set_random_seed(config.seed)
     # With the other breast, its image follows the film's own as further channels.
@@ -589,6 +602,7 @@ def train(config: TrainConfig) -> Path:
                                    .tolist(), strict=True)),
         },
         "unreadable_skipped": unreadable,
+        "validation_near_copies_of_train": sum(source is not None for source in val_copies),
         "devices": devices,
         "kept_epoch": kept_epoch,
         "epochs_run": len(val_losses),
@@ -597,6 +611,8 @@ def train(config: TrainConfig) -> Path:
         "versions": _versions(),
     }
     save_json(run_config, run_dir / "config.json")
+    save_thumbnails(run_dir, {"train": (train_thumbnails, train_files),
+                              "validation": (val_thumbnails, val_files)})
     save_figure(plot_history(history), run_dir / "plots" / "history.png")
 
     # Calibrate the kept (best) checkpoint on the validation split: temperature scaling,
@@ -642,6 +658,8 @@ def train(config: TrainConfig) -> Path:
         val_failures,
         patient_groups(val_files, validation_folder.root),
         run_config["calibration"]["thresholds"],
+        val_copies,
+        ["train"],
     )
     logger.info("kept epoch %d of %d (%s; validation loss %.4f)", kept_epoch, len(val_losses),
                 config.keep, val_losses[kept_epoch - 1])
