@@ -393,3 +393,29 @@ def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
         assert chosen(TrainConfig(data_dir="", out="", **options), paired) == expected
     # --other-breast insists on the pair, so on seed (a missing pair is then an error)
     assert chosen(TrainConfig(data_dir="", out="", other_breast=True), single) == "seed"
+
+
+def test_a_resumed_run_stops_early_where_the_uninterrupted_run_would() -> None:
+    import keras
+
+    from tumor_classifier.train import early_stopping
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    losses = [1.0, 0.8, 0.9, 0.8, 0.95, 0.7, 0.75, 0.72, 0.71, 0.74, 0.69, 0.7]
+
+    def stopping_epoch(stopper: Any, first_epoch: int) -> int | None:
+        stopper.set_model(model)
+        model.stop_training = False
+        stopper.on_train_begin()
+        for epoch in range(first_epoch, len(losses)):
+            stopper.on_epoch_end(epoch, {"val_loss": losses[epoch]})
+            if model.stop_training:
+                return epoch
+        return None
+
+    for patience in (1, 2, 3):
+        uninterrupted = stopping_epoch(early_stopping(patience), 0)
+        assert uninterrupted is not None
+        for finished in range(1, uninterrupted + 1):  # interrupted after `finished` epochs
+            resumed = stopping_epoch(early_stopping(patience, losses[:finished]), finished)
+            assert resumed == uninterrupted, (patience, finished)

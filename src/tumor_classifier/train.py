@@ -208,6 +208,24 @@ def find_split(data_dir: Path, split: str) -> Path | None:
     return next((folders[name] for name in SPLIT_NAMES[split] if name in folders), None)
 
 
+def early_stopping(patience: int, previous_losses: Sequence[float] = ()) -> Any:
+    """Keras' EarlyStopping on the validation loss. A resumed run passes the validation
+    losses of its finished epochs: the count then goes on from the best of them, so the run
+    stops at the epoch where the uninterrupted run would have."""
+    import keras
+
+    finite = [(loss, epoch) for epoch, loss in enumerate(previous_losses) if math.isfinite(loss)]
+
+    class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            super().on_train_begin(logs)
+            if finite:  # the first of equal losses, as EarlyStopping's strict "<" keeps
+                self.best, best_epoch = min(finite)
+                self.wait = len(previous_losses) - 1 - best_epoch
+
+    return ResumedEarlyStopping(monitor="val_loss", patience=patience)
+
+
 def _load_split(
     folder: ImageFolder, config: TrainConfig, name: str
 ) -> tuple[CachedImages | WithOtherBreast, np.ndarray, np.ndarray, list[Path], list[str]]:
@@ -261,11 +279,11 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreas
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / "model.keras"
     finished = resume.finished_epochs(run_dir) if config.resume else 0
-    best_so_far = None
+    best_so_far, previous_losses = None, []
     if finished:
         resume.truncate_history(run_dir, finished)
-        losses = [loss for loss in read_history(run_dir).get("val_loss", [])
-                  if math.isfinite(loss)]
+        previous_losses = read_history(run_dir).get("val_loss", [])
+        losses = [loss for loss in previous_losses if math.isfinite(loss)]
         best_so_far = min(losses) if losses else None
         logger.info("resuming %s after epoch %d of %d", run_dir, finished, config.epochs)
     callbacks: list[Any] = [
@@ -279,9 +297,7 @@ def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreas
             checkpoint, monitor="val_loss", save_best_only=True,
             initial_value_threshold=best_so_far))
     if config.patience is not None:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
-        )
+        callbacks.append(early_stopping(config.patience, previous_losses))
     # Validation: the whole split in order every epoch, or with --validation-steps the same
     # seeded random subset (files are sorted by class, so a plain prefix would be one class).
     val_subset = np.arange(len(val_rows))
