@@ -51,6 +51,14 @@ def test_upload_shows_the_same_probabilities_as_predict(
         assert shown[name] == pytest.approx(value, abs=1e-6)
     assert app.subheader[0].value.startswith(f"{film.name}: ")
     assert len(app.image) == 1
+    assert not app.main.warning  # a test film: the model never saw it
+
+    trained = sorted((prepared_mias / "train" / "CAN").glob("*.png"))[0]
+    app.file_uploader[0].set_value((trained.name, trained.read_bytes(), "image/png")).run()
+    assert not app.exception
+    assert [warning.value for warning in app.main.warning] == [
+        f"This is a train image {trained} of this model, or a near-copy of it: its result "
+        "shows what the model learnt, not how it does on new images."]
 
 
 @pytest.mark.slow

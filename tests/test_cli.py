@@ -17,18 +17,23 @@ def test_predict_prints_every_class_and_exits_nonzero_after_a_bad_file(
     trained_run: Path, prepared_mias: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     films = sorted((prepared_mias / "test" / "CAN").glob("*.png"))[:2]
+    trained = sorted((prepared_mias / "train" / "BEN").glob("*.png"))[0]
     bad = tmp_path / "notes.png"
     bad.write_text("hello")
     code = main(["predict", str(trained_run), str(films[0]), str(bad), str(films[1]),
-                 "--csv", str(tmp_path / "out.csv")])
+                 str(trained), "--csv", str(tmp_path / "out.csv")])
     out = capsys.readouterr().out
     assert code == 1
     for film in films:
         assert f"{film}: " in out and "BEN " in out and "CAN " in out and "NOR " in out
+    assert out.count("not a test of the model") == 1
+    assert f"[a train image {trained} or a near-copy: not a test of the model]" in out
     with (tmp_path / "out.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["file", "prediction", "prob_BEN", "prob_CAN", "prob_NOR"]
-    assert [row["file"] for row in rows] == [str(film) for film in films]
+    assert list(rows[0]) == ["file", "prediction", "prob_BEN", "prob_CAN", "prob_NOR",
+                             "near_copy_of"]
+    assert [row["file"] for row in rows] == [str(film) for film in [*films, trained]]
+    assert [row["near_copy_of"] for row in rows] == ["", "", f"train image {trained}"]
     for row in rows:
         total = sum(float(row[f"prob_{name}"]) for name in ("BEN", "CAN", "NOR"))
         assert total == pytest.approx(1.0, abs=1e-4)

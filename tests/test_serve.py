@@ -42,6 +42,10 @@ def test_predict_matches_the_cli_and_heatmap_is_a_png(client: TestClient, traine
     for name, value in expected.probabilities.items():
         assert body["probabilities"][name] == pytest.approx(value, abs=1e-6)
     assert body["model"]["name"] == "seed" and body["dicom"] is None
+    assert body["near_copy_of"] is None  # a test film
+    trained = sorted((prepared_mias / "validation" / "NOR").glob("*.png"))[0]
+    answer = client.post("/v1/predict", files={"file": ("x.png", trained.read_bytes())})
+    assert answer.json()["near_copy_of"] == f"validation image {trained}"
     with Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"]))) as image:
         assert image.format == "PNG" and image.size == (1024, 1024)
     assert client.get("/healthz").json() == {"status": "ok"}

@@ -118,6 +118,9 @@ def show_result(classifier: Classifier, name: str, data: bytes, opacity: float,
     assert result.prediction is not None
     decision = describe_class(result.prediction)
     st.subheader(f"{name}: {decision}")
+    if result.near_copy_of:
+        st.warning(f"This is a {result.near_copy_of} of this model, or a near-copy of it: "
+                   "its result shows what the model learnt, not how it does on new images.")
     left, right = st.columns([3, 2])
     display = _display_image(image)
     class_index = classifier.class_names.index(result.prediction)

@@ -280,15 +280,19 @@ def _predict(args: argparse.Namespace) -> int:
         assert result.prediction is not None
         probabilities = "  ".join(f"{name} {result.probabilities[name]:.3f}" for name in names)
         description = describe_class(result.prediction)
-        print(f"{result.file}: {result.prediction} ({description})  {probabilities}")
+        copy = (f"  [a {result.near_copy_of} or a near-copy: not a test of the model]"
+                if result.near_copy_of else "")
+        print(f"{result.file}: {result.prediction} ({description})  {probabilities}{copy}")
     if args.csv:
         with args.csv.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["file", "prediction"] + [f"prob_{name}" for name in names])
+            writer.writerow(["file", "prediction"] + [f"prob_{name}" for name in names]
+                            + ["near_copy_of"])
             for result in results:
                 if not result.error:
                     writer.writerow([result.file, result.prediction]
-                                    + [f"{result.probabilities[name]:.6f}" for name in names])
+                                    + [f"{result.probabilities[name]:.6f}" for name in names]
+                                    + [result.near_copy_of or ""])
     if args.heatmap and not results[0].error:
         _write_heatmap(classifier, files[0], results[0].prediction, args.heatmap,
                        others[0] if others else None)

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import classification_report
 
-from .cache import CachedImages, WithOtherBreast, cache_images, find_near_copies, thumbnails
+from .cache import (
+    CachedImages,
+    WithOtherBreast,
+    cache_images,
+    near_copy_sources,
+    read_thumbnails,
+    thumbnails,
+)
 from .config import save_json
 from .data import pair_with_other_breasts, read_split_table, scan_folder
 from .metrics import bootstrap_intervals, compute_metrics
@@ -35,44 +42,6 @@ def patient_groups(files: Sequence[Path | str], data_dir: Path) -> list[str] | N
     patients = {(folder / row["file"]).resolve(): row["patient_id"] for row in rows}
     groups = [patients.get(Path(file).resolve()) for file in files]
     return [str(group) for group in groups] if all(groups) else None
-
-
-def near_copy_sources(
-    own: np.ndarray, references: dict[str, tuple[np.ndarray, Sequence[Path | str]]]
-) -> list[tuple[str, str] | None]:
-    """For each of the `own` thumbnails (`cache.thumbnails`), the (split, file) of a near-copy
-    among `references` (split -> (thumbnails, files)), earlier splits first; None where
-    there is none."""
-    sources: list[tuple[str, str] | None] = [None] * len(own)
-    for split, (reference, files) in references.items():
-        for row, found in enumerate(find_near_copies(own, reference)):
-            if found >= 0 and sources[row] is None:
-                sources[row] = (split, str(files[found]))
-    return sources
-
-
-def save_thumbnails(run_dir: Path, splits: dict[str, tuple[np.ndarray, Sequence[Path]]]
-                    ) -> None:
-    """`RUN_DIR/thumbnails.npz`: the 16x16 standardised thumbnails (float16, not images
-    anyone could read a finding from) and file names of the images the model was fitted
-    on, so that `evaluate` can flag near-copies of them."""
-    arrays: dict[str, np.ndarray] = {}
-    for split, (own, files) in splits.items():
-        arrays[split] = own.astype(np.float16)
-        arrays[f"{split}_files"] = np.array([str(file) for file in files], dtype=str)
-    # type: ignore: numpy's stubs read any keyword as its allow_pickle flag.
-    np.savez_compressed(run_dir / "thumbnails.npz", **arrays)  # type: ignore[arg-type]
-
-
-def read_thumbnails(run_dir: Path
-                    ) -> dict[str, tuple[np.ndarray, Sequence[Path | str]]] | None:
-    """What `save_thumbnails` wrote (split -> (thumbnails, files)), or None for an older run."""
-    path = Path(run_dir) / "thumbnails.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as saved:
-        return {name: (saved[name].astype(np.float32), saved[f"{name}_files"].tolist())
-                for name in saved.files if not name.endswith("_files")}
 
 
 def describe_near_copies(files: Sequence[Path | str],

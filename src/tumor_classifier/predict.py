@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import CachedImages, WithOtherBreast
+from .cache import CachedImages, WithOtherBreast, near_copy_sources, read_thumbnails, thumbnails
 from .config import load_json
 from .data import list_images, other_breasts
 from .imaging import ImageReadError, Source, preprocess, read_image, read_image_and_metadata
@@ -29,6 +29,9 @@ class Prediction:
     prediction: str | None = None
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # "train image FILE" or "validation image FILE" where the image is one the model was
+    # fitted on, or a near-copy of one (`cache.find_near_copies`): no test of the model.
+    near_copy_of: str | None = None
 
 
 def expand_paths(paths: Sequence[Path | str]) -> list[Path]:
@@ -59,6 +62,8 @@ class Classifier:
         # Fitted on the validation split by `train`; 1.0 (no change) for older runs.
         self.temperature: float = float(calibration.get("temperature", 1.0))
         self.thresholds: dict[str, float] = dict(calibration.get("thresholds") or {})
+        # Thumbnails of the training and validation images (None for older runs and ONNX).
+        self.fitted_on = read_thumbnails(run_dir) if run_dir is not None else None
 
     @classmethod
     def load(cls, run_dir: Path | str, tta: bool = False) -> Classifier:
@@ -126,9 +131,15 @@ class Classifier:
     def _film_input(self, image: np.ndarray) -> np.ndarray:
         return preprocess(image, self.image_size, self.channels, self.crop_breast)
 
-    def _prediction(self, label: str, row: np.ndarray,
-                    metadata: dict[str, Any]) -> Prediction:
+    def _prediction(self, label: str, row: np.ndarray, metadata: dict[str, Any],
+                    model_input: np.ndarray) -> Prediction:
+        copy = None
+        if self.fitted_on:
+            source = near_copy_sources(thumbnails(model_input[np.newaxis], [0]),
+                                       self.fitted_on)[0]
+            copy = f"{source[0]} image {source[1]}" if source else None
         return Prediction(
+            near_copy_of=copy,
             file=label,
             probabilities={
                 name: float(value) for name, value in zip(self.class_names, row, strict=True)
@@ -143,7 +154,7 @@ class Classifier:
         that also need the pixels (the app and the service show Grad-CAM), so nothing is
         decoded twice. The same computation as `predict`."""
         row = self.predict_batch(model_input[np.newaxis])[0]
-        return self._prediction(label, row, metadata or {})
+        return self._prediction(label, row, metadata or {}, model_input)
 
     def _find_other_breasts(self, sources: Sequence[Source]) -> list[Path | None]:
         """Each path's other breast (`data.other_breasts`: split.csv, or a file among
@@ -222,8 +233,9 @@ class Classifier:
 
         def flush() -> None:
             probabilities = self.predict_batch(np.stack([item[2] for item in pending]))
-            for (index, label, _, metadata), row in zip(pending, probabilities, strict=True):
-                results[index] = self._prediction(label, row, metadata)
+            for (index, label, model_input, metadata), row in zip(pending, probabilities,
+                                                                  strict=True):
+                results[index] = self._prediction(label, row, metadata, model_input)
             pending.clear()
 
         for index, source in enumerate(sources):

@@ -55,6 +55,9 @@ class PredictionResponse(BaseModel):
     dicom: DicomInfo | None = None
     heatmap_png_base64: str | None = Field(
         default=None, description="Grad-CAM overlay (PNG, base64), when heatmap=true")
+    near_copy_of: str | None = Field(
+        default=None, description="set when the upload is an image the model was trained or "
+        "validated on, or a near-copy of one: 'train image FILE' or 'validation image FILE'")
 
 
 class ModelCard(BaseModel):
@@ -146,6 +149,7 @@ def create_app(run_dir: Path | str) -> FastAPI:
             decision=describe_class(prediction),
             probabilities=result.probabilities,
             model=model_info,
+            near_copy_of=result.near_copy_of,
             dicom=DicomInfo(**{key: metadata.get(key) for key in DicomInfo.model_fields})
             if metadata.get("format") == "DICOM" else None,
         )

@@ -17,17 +17,18 @@ from typing import Any
 import numpy as np
 
 from . import __version__, resume
-from .cache import CachedImages, WithOtherBreast, cache_images, thumbnails
+from .cache import (
+    CachedImages,
+    WithOtherBreast,
+    cache_images,
+    near_copy_sources,
+    save_thumbnails,
+    thumbnails,
+)
 from .config import TrainConfig, class_index, save_json
 from .data import ImageFolder, other_breasts, pair_with_other_breasts, scan_folder
 from .distribute import distribution_scope
-from .evaluate import (
-    describe_near_copies,
-    near_copy_sources,
-    patient_groups,
-    save_thumbnails,
-    write_evaluation,
-)
+from .evaluate import describe_near_copies, patient_groups, write_evaluation
 from .metrics import (
     apply_temperature,
     binary_tasks,
