@@ -162,6 +162,10 @@ def test_dicom_datasets_train_evaluate_predict_without_leaking_identifiers(
     written = [*run_dir.rglob("*"), tmp_path / "p.csv"]
     texts += [path.read_text(errors="ignore") for path in written
               if path.is_file() and path.suffix in (".json", ".csv", ".txt")]
+    with np.load(run_dir / "thumbnails.npz") as saved:  # compressed: read, not grepped
+        assert sorted(saved.files) == ["train", "train_files", "validation",
+                                       "validation_files"]
+        texts += [" ".join(saved[name].tolist()) for name in saved.files if "files" in name]
     for text in texts:
         for identifier in ("SECRET-PATIENT-42", "Doe^Jane", "19600101"):
             assert identifier not in text
