@@ -167,6 +167,36 @@ def test_prepare_folders_splits_real_films_by_patient_and_only_links_them(
     assert [row["split"] for row in _rows(tmp_path / "seed1")] != [row["split"] for row in rows]
 
 
+def test_prepare_folders_can_keep_near_copies_with_their_original(
+    prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "flat"
+    _flat_films(prepared_mias, source)
+    originals = [sorted((source / label).glob("*.png"))[5] for label in ("BEN", "CAN", "NOR")]
+    copies = [source / "BEN" / "copy.jpg", source / "CAN" / "copy_512.png",
+              source / "NOR" / "copy_16bit.png"]
+    film = [Image.open(path).convert("L") for path in originals]
+    film[0].save(copies[0], quality=75)
+    film[1].resize((512, 512)).save(copies[1])
+    Image.fromarray(np.asarray(film[2]).astype(np.uint16) * 257).save(copies[2])
+
+    prepare_folders(source, tmp_path / "plain", one_image_per_patient=True)
+    assert len({row["patient_id"] for row in _rows(tmp_path / "plain")}) == 243
+
+    from tumor_classifier.cli import main
+
+    assert main(["prepare", "folders", str(source), str(tmp_path / "joined"),
+                 "--one-image-per-patient", "--group-near-copies"]) == 0
+    rows = {Path(row["file"]).name: row for row in _rows(tmp_path / "joined")}
+    for original, copy in zip(originals, copies, strict=True):
+        assert rows[copy.name]["patient_id"] == rows[original.name]["patient_id"]
+        assert rows[copy.name]["split"] == rows[original.name]["split"]
+    # only the three copies were joined: no two of the 240 real films, not even a woman's
+    # two breasts, are taken for copies
+    assert len({row["patient_id"] for row in rows.values()}) == 240
+    assert "3 pair(s) of near-copies with different patients" in caplog.text
+
+
 def test_prepare_folders_names_each_problem(tmp_path: Path) -> None:
     from conftest import ramp, write_png
 

@@ -259,7 +259,7 @@ class WithOtherBreast:
 # Near-copies: the same picture in two splits (a file copied, re-encoded or resized, or one
 # patient's image under two names), which flatters every number measured on the second.
 # Two images count as copies when their 16x16 thumbnails, each standardised, correlate
-# within NEAR_COPY_DISTANCE of 1. Measured on the 240 prepared mini-MIAS films at 128 and
+# within NEAR_COPY_DISTANCE of 1. Measured on the 240 prepared mini-MIAS films at 64, 128 and
 # 256 pixels (benchmarks/near_copies.py, 2026-11-27): copies saved as JPEG (quality 50 to
 # 95), 16-bit or RGB PNG, or resized to 512 or 256 pixels are at most 0.0013 from their
 # original; the two closest different films are 0.0069 apart (a woman's left and right
@@ -300,6 +300,19 @@ def find_near_copies(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
         near = 1 - correlation[np.arange(len(closest)), closest] <= NEAR_COPY_DISTANCE
         found[start : start + len(closest)] = np.where(near, closest, -1)
     return found
+
+
+def near_copy_pairs(own: np.ndarray) -> list[tuple[int, int]]:
+    """Every pair (i, j), i < j, of rows of `own` (thumbnails) that are near-copies."""
+    pairs: list[tuple[int, int]] = []
+    own = np.asarray(own, np.float32)
+    for start in range(0, len(own), 1024):  # bounds the correlation matrix's memory
+        correlation = own[start : start + 1024] @ own.T / max(own.shape[1], 1)
+        rows, columns = np.nonzero(1 - correlation <= NEAR_COPY_DISTANCE)
+        pairs += [(start + int(row), int(column)) for row, column in zip(rows, columns,
+                                                                        strict=True)
+                  if start + row < column]
+    return pairs
 
 
 def near_copy_sources(

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="state that every image is a different patient")
     folders.add_argument("--copy", action="store_true",
                          help="copy the images instead of linking them")
+    folders.add_argument("--group-near-copies", action="store_true",
+                         help="decode every image once and split patients whose images are "
+                         "near-copies of one picture as one patient")
     for builder in (mias, folders):
         builder.add_argument("dest", type=Path)
         builder.add_argument("--fractions", type=_fractions, default=(0.6, 0.2, 0.2),
@@ -200,7 +203,7 @@ def _prepare(args: argparse.Namespace) -> int:
     else:
         counts = prepare_folders(args.source, args.dest, args.groups, args.patient_pattern,
                                  args.one_image_per_patient, args.fractions, args.seed,
-                                 args.copy)
+                                 args.copy, args.group_near_copies)
         columns = "file,label,patient_id,split"
     for split, per_class in counts.items():
         total = sum(per_class.values())

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .cache import cache_images, near_copy_pairs, thumbnails
 from .config import SPLITS
 from .data import scan_folder
 
@@ -306,6 +307,39 @@ def _patients_from_names(pattern: str, source: Path, files: list[Path]) -> list[
     return patients
 
 
+def join_near_copies(source: Path, files: Sequence[Path], patients: Sequence[str],
+                     workers: int = 0) -> list[str]:
+    """`patients` with the patients of near-copies (`cache.find_near_copies`: the same
+    picture re-saved, re-encoded or resized) joined under the name that sorts first, so no
+    split or fold holds one picture on both sides. Images are decoded once at 64 pixels
+    with the breast crop (the measured threshold holds there too); unreadable ones are left
+    to `train` to report."""
+    images = cache_images(source, files, 64, 1, None, workers, "looking for near-copies",
+                          crop=True)
+    readable = [row for row in range(len(files)) if row not in images.failures]
+    parent = {patient: patient for patient in patients}
+
+    def root(patient: str) -> str:
+        while parent[patient] != patient:
+            patient = parent[patient]
+        return patient
+
+    joined = []
+    for first, second in near_copy_pairs(thumbnails(images, readable)):
+        a, b = root(patients[readable[first]]), root(patients[readable[second]])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+            joined.append((files[readable[first]], files[readable[second]]))
+    if joined:
+        logger.warning(
+            "%s: %d pair(s) of near-copies with different patients, e.g. %s and %s: their "
+            "patients are split as one (split.csv gives them the name that sorts first)",
+            source, len(joined), *joined[0])
+    else:
+        logger.info("%s: no near-copies across patients", source)
+    return [root(patient) for patient in patients]
+
+
 def prepare_folders(
     source: Path,
     dest: Path,
@@ -315,6 +349,7 @@ def prepare_folders(
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     seed: int = 0,
     copy: bool = False,
+    group_near_copies: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Split a dataset of class folders (`SOURCE/{CLASS}/...`, any depth) by patient into
     `DEST/{train,validation,test}/{CLASS}/...` with `split.csv`.
@@ -323,8 +358,9 @@ def prepare_folders(
     file relative to SOURCE), `patient_pattern` (a regular expression searched in the path
     below the class folder; its first group, or the whole match, is the patient, e.g.
     `P_\\d+` for CBIS-DDSM names), or `one_image_per_patient` (a stated assumption, for sets
-    that publish none). Patients are stratified by the set of classes of their images.
-    The images are linked (copied with `copy`); the source is only read.
+    that publish none). With `group_near_copies`, patients with near-copies of one picture
+    are joined first (`join_near_copies`). Patients are stratified by the set of classes of
+    their images. The images are linked (copied with `copy`); the source is only read.
 
     Returns:
         Counts per split and class.
@@ -356,6 +392,8 @@ def prepare_folders(
         raise FileExistsError(
             f"{dest}: folder exists and is not empty; choose a new DEST or remove it yourself."
         )
+    if group_near_copies:
+        patients = join_near_copies(source, files, patients)
     classes_of: dict[str, set[str]] = defaultdict(set)
     for patient, label in zip(patients, folder.labels, strict=True):
         classes_of[patient].add(folder.class_names[label])

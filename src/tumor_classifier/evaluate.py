@@ -60,8 +60,8 @@ def describe_near_copies(files: Sequence[Path | str],
         f"{len(found)} of {len(files)} images are near-copies of images the model was fitted "
         f"on ({', '.join(f'{count} {split}' for split, count in counts.items())}; for "
         f"example {example}): numbers measured on them are "
-        "optimistic. Remove the copies, or split by patient with `tumor-classifier prepare "
-        "folders`."
+        "optimistic. Remove the copies, or split with `tumor-classifier prepare folders "
+        "--group-near-copies`, which keeps each picture's copies on one side."
     )
 
 
