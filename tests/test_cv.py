@@ -118,3 +118,40 @@ def test_an_interrupted_cv_resumes_where_it_stopped(prepared_mias: Path, tmp_pat
     # fold 2 went on from its first epoch's backup and ended as the uninterrupted run did
     assert resumed["pooled_out_of_fold"] == whole["pooled_out_of_fold"]
     assert sum(1 for _ in prepared_mias.rglob("*.png")) == 240
+
+
+@pytest.mark.slow
+def test_cv_can_keep_a_copy_in_its_originals_fold(prepared_mias: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tumor_classifier.cli import main
+
+    # Class folders of real films (a few women per class), one film saved again as JPEG
+    # under another patient: without the option the copy is its own patient.
+    source, rows = tmp_path / "flat", [["file", "patient_id"]]
+    women = 0
+    for row in load_samples(prepared_mias):
+        if row.label == "NOR" and women > 40:
+            continue
+        women += row.label == "NOR"
+        target = source / row.label / row.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(row.path)
+        rows.append([f"{row.label}/{row.path.name}", row.patient])
+    original = sorted((source / "CAN").iterdir())[0]
+    Image.open(original).convert("L").save(source / "CAN" / "copy.jpg", quality=75)
+    rows.append(["CAN/copy.jpg", "someone_else"])
+    groups = tmp_path / "groups.csv"
+    groups.write_text("\n".join(",".join(row) for row in rows) + "\n")
+
+    assert main(["cv", str(source), "--groups", str(groups), "--folds", "2", "--out",
+                 str(tmp_path / "cv"), "--model", "seed", "--epochs", "1", "--image-size",
+                 "32", "--workers", "1", "--group-near-copies"]) == 0
+    summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
+    assert summary["group_near_copies"] is True
+    assert summary["near_copies_in_test_folds"] == 0
+    for fold in (1, 2):
+        with (tmp_path / "cv" / f"fold{fold}" / "data" / "split.csv").open() as handle:
+            placed = {row["file"].split("__")[-1]: row for row in csv.DictReader(handle)}
+        assert placed["copy.jpg"]["split"] == placed[original.name]["split"]
+        assert placed["copy.jpg"]["patient_id"] == placed[original.name]["patient_id"]

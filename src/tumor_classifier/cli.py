@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--folds", type=int, default=5)
     cv.add_argument("--groups", type=Path, default=None,
                     help="CSV with file,patient_id (file relative to DATA_DIR)")
+    cv.add_argument("--group-near-copies", action="store_true",
+                    help="decode every image once and keep the patients of near-copies of "
+                    "one picture in one fold")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run on a class-folder dataset")
     evaluate.add_argument("run_dir", type=Path)
@@ -232,7 +235,7 @@ def _cv(args: argparse.Namespace) -> int:
     from .cv import cross_validate, format_cv
 
     summary = cross_validate(Path(args.data_dir), Path(args.out), _train_config(args),
-                             args.folds, args.groups)
+                             args.folds, args.groups, args.group_near_copies)
     print(format_cv(summary))
     print(f"summary: {Path(args.out) / 'cv_summary.json'}")
     return 0

@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from .config import TrainConfig, load_json, save_json
 from .data import scan_folder
-from .datasets import link_file, read_patients
+from .datasets import join_near_copies, link_file, read_patients
 from .evaluate import write_evaluation
 
 logger = logging.getLogger(__name__)
@@ -141,13 +141,16 @@ def _pool(metrics: dict[str, Any], test: Any, samples: list[Sample], in_fold: di
 
 
 def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 5,
-                   groups_csv: Path | None = None) -> dict[str, Any]:
+                   groups_csv: Path | None = None,
+                   group_near_copies: bool = False) -> dict[str, Any]:
     """Train and evaluate `folds` models, each tested on patients it never saw.
 
     Args:
         data_dir: a prepared dataset (with split.csv) or class folders plus `groups_csv`.
         out: where the fold folders, run directories and the summary go.
         config: training options; `data_dir` and `out` are set per fold.
+        group_near_copies: first join the patients of near-copies of one picture
+            (`datasets.join_near_copies`), so that no picture is on both sides of a fold.
 
     Returns:
         The summary (also `out/cv_summary.json`).
@@ -160,6 +163,11 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         raise FileExistsError(f"{out}: folder exists and is not empty; choose another --out, "
                               "or continue an interrupted cv there with --resume.")
     samples = load_samples(Path(data_dir), groups_csv)
+    if group_near_copies:
+        joined = join_near_copies(Path(data_dir), [sample.path for sample in samples],
+                                  [sample.patient for sample in samples], config.workers)
+        samples = [dataclasses.replace(sample, patient=patient)
+                   for sample, patient in zip(samples, joined, strict=True)]
     labels = [sample.label for sample in samples]
     class_names = tuple(sorted(set(labels)))
     parts = patient_folds(labels, [sample.patient for sample in samples], folds, config.seed)
@@ -195,7 +203,8 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
                 if list(csv.reader(f))[1:] != rows:
                     raise ValueError(
                         f"{fold_dir}: its patients differ from this run's fold {fold + 1}; "
-                        "--resume needs the same DATA_DIR, --folds, --groups and --seed.")
+                        "--resume needs the same DATA_DIR, --folds, --groups, --seed and "
+                        "--group-near-copies.")
             if done.is_file():
                 per_fold.append(load_json(done))
                 _pool(per_fold[-1], split[2], samples, in_fold, fold_dir, class_names,
@@ -249,6 +258,7 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
                    load_json(out / f"fold{folds}" / "run" / "config.json")["training"].items()
                    if key not in ("data_dir", "out")},
         "data_dir": str(data_dir),
+        "group_near_copies": group_near_copies,
         "images": len(samples),
         "patients": len({sample.patient for sample in samples}),
         "per_fold_mean_std": summary_rows,
@@ -294,5 +304,6 @@ def format_cv(summary: dict[str, Any]) -> str:
     if summary.get("near_copies_in_test_folds"):
         lines.append(f"WARNING: {summary['near_copies_in_test_folds']} test-fold images are "
                      "near-copies of images their fold's model was fitted on (each fold's "
-                     "predictions.csv: near_copy_of); these numbers are optimistic.")
+                     "predictions.csv: near_copy_of); these numbers are optimistic. "
+                     "--group-near-copies keeps each picture's copies in one fold.")
     return "\n".join(lines)
