@@ -247,3 +247,32 @@ def test_a_copy_of_a_training_film_in_another_split_is_named(
     with (tmp_path / "report" / "predictions.csv").open() as handle:
         rows = {Path(row["file"]).name: row["near_copy_of"] for row in csv.DictReader(handle)}
     assert rows["resized.png"] == str(source)
+
+
+def test_tta_averages_each_image_with_its_top_bottom_flip(trained_run: Path, prepared_mias: Path,
+                                                         tmp_path: Path) -> None:
+    from tumor_classifier.imaging import read_image
+
+    classifier = Classifier.load(trained_run)
+    films = sorted((prepared_mias / "test" / "CAN").glob("*.png"))[:3]
+    images = np.stack([classifier.preprocess(read_image(film)) for film in films])
+    plain = classifier.predict_batch(images)
+    top_bottom = classifier.predict_batch(images[:, ::-1])
+    left_right = classifier.predict_batch(images[:, :, ::-1])
+    classifier.tta = True
+    averaged = classifier.predict_batch(images, calibrated=False)
+    classifier.tta = False
+    expected = (classifier.predict_batch(images, calibrated=False)
+                + classifier.predict_batch(images[:, ::-1], calibrated=False)) / 2
+    np.testing.assert_allclose(averaged, expected, atol=1e-6)
+    assert not np.allclose(plain, top_bottom) and not np.allclose(top_bottom, left_right)
+
+    # evaluate --tta reports the averaged (then calibrated) probabilities, file by file
+    evaluate(trained_run, prepared_mias / "test", tmp_path / "tta", tta=True)
+    with_tta = {Path(result.file): result
+                for result in Classifier.load(trained_run, tta=True).predict(films)}
+    with (tmp_path / "tta" / "predictions.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            if Path(row["file"]) in with_tta:
+                assert float(row["prob_CAN"]) == pytest.approx(
+                    with_tta[Path(row["file"])].probabilities["CAN"], abs=1e-5)

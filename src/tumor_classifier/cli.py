@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=0)
     evaluate.add_argument("--cache-dir", type=Path, default=None)
     evaluate.add_argument("--tta", action="store_true",
-                          help="average over the image and its horizontal flip")
+                          help="average over the image and its top-bottom flip")
 
     predict = commands.add_parser(
         "predict", help="classify image files or folders",
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="use this ONNX export with onnxruntime (no TensorFlow needed)")
     predict.add_argument("--csv", type=Path, default=None, help="write results to this CSV")
     predict.add_argument("--tta", action="store_true",
-                         help="average over the image and its horizontal flip")
+                         help="average over the image and its top-bottom flip")
     predict.add_argument("--heatmap", type=Path, default=None,
                          help="write the Grad-CAM overlay of the (single) file to this PNG")
     predict.add_argument("--other-breast", type=Path, action="append", default=None,

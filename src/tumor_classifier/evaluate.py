@@ -183,7 +183,7 @@ def evaluate(
         run_dir: a run directory written by `train`.
         data_dir: a folder with one subfolder per class (for example `DATA/test`).
         out: where the report goes; default `RUN_DIR/evaluation/<data folder name>`.
-        tta: average the predictions of the image and its horizontal flip.
+        tta: average the predictions of the image and its top-bottom flip.
 
     Returns:
         The metrics (also in `metrics.json`).

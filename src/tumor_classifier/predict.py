@@ -93,8 +93,9 @@ class Classifier:
         TensorFlow, far more than the forward pass of one image), and calling the model
         eagerly runs it uncompiled (9 ms against 2 ms for the seed preset on this CPU).
 
-        With `tta`, the probabilities of the image and its horizontal flip are averaged;
-        with `calibrated`, the run's temperature is applied (it never changes the argmax).
+        With `tta`, the probabilities of the image and its vertical (top-bottom) flip are
+        averaged; with `calibrated`, the run's temperature is applied (it never changes the
+        argmax).
         """
         if len(images) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
@@ -103,7 +104,11 @@ class Classifier:
             batch = np.ascontiguousarray(images[start : start + batch_size], np.float32)
             probabilities = np.asarray(self.model.predict_on_batch(batch), np.float64)
             if self.tta:
-                flipped = np.ascontiguousarray(batch[:, :, ::-1, :])
+                # Top-bottom, not left-right: the breast crop puts every chest wall on the
+                # left, so a left-right flip shows the model breasts it never saw (measured
+                # on mini-MIAS: macro AUC -0.028 at five seeds of five; top-bottom +0.007),
+                # and top-bottom is the flip the augmented presets train with.
+                flipped = np.ascontiguousarray(batch[:, ::-1, :, :])
                 probabilities = (probabilities + np.asarray(
                     self.model.predict_on_batch(flipped), np.float64)) / 2
             outputs.append(probabilities)
