@@ -286,16 +286,22 @@ def thumbnails(images: Any, rows: Sequence[int] | np.ndarray) -> np.ndarray:
     return out
 
 
+def _correlations(query: np.ndarray, reference: np.ndarray
+                  ) -> Iterator[tuple[int, np.ndarray]]:
+    """(first query row, correlations of up to 1,024 query thumbnails with every reference
+    thumbnail): chunked, so the matrix's memory stays bounded."""
+    query, reference = np.asarray(query, np.float32), np.asarray(reference, np.float32)
+    for start in range(0, len(query), 1024):
+        yield start, query[start : start + 1024] @ reference.T / query.shape[1]
+
+
 def find_near_copies(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """For each `query` thumbnail, the row of its closest `reference` thumbnail where that is
     a near-copy (1 - correlation <= NEAR_COPY_DISTANCE), else -1."""
     found = np.full(len(query), -1, np.int64)
-    if len(query) == 0 or len(reference) == 0:
+    if len(reference) == 0:
         return found
-    reference = np.asarray(reference, np.float32)
-    for start in range(0, len(query), 1024):  # bounds the correlation matrix's memory
-        correlation = np.asarray(query[start : start + 1024], np.float32) @ reference.T
-        correlation /= query.shape[1]
+    for start, correlation in _correlations(query, reference):
         closest = correlation.argmax(axis=1)
         near = 1 - correlation[np.arange(len(closest)), closest] <= NEAR_COPY_DISTANCE
         found[start : start + len(closest)] = np.where(near, closest, -1)
@@ -305,13 +311,10 @@ def find_near_copies(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def near_copy_pairs(own: np.ndarray) -> list[tuple[int, int]]:
     """Every pair (i, j), i < j, of rows of `own` (thumbnails) that are near-copies."""
     pairs: list[tuple[int, int]] = []
-    own = np.asarray(own, np.float32)
-    for start in range(0, len(own), 1024):  # bounds the correlation matrix's memory
-        correlation = own[start : start + 1024] @ own.T / max(own.shape[1], 1)
+    for start, correlation in _correlations(own, own):
         rows, columns = np.nonzero(1 - correlation <= NEAR_COPY_DISTANCE)
-        pairs += [(start + int(row), int(column)) for row, column in zip(rows, columns,
-                                                                        strict=True)
-                  if start + row < column]
+        pairs += [(start + int(row), int(column))
+                  for row, column in zip(rows, columns, strict=True) if start + row < column]
     return pairs
 
 

@@ -136,15 +136,19 @@ class Classifier:
     def _film_input(self, image: np.ndarray) -> np.ndarray:
         return preprocess(image, self.image_size, self.channels, self.crop_breast)
 
+    def _near_copies(self, model_inputs: np.ndarray) -> list[str | None]:
+        """For a batch of model inputs, "train image FILE" (or validation) where one is an
+        image the model was fitted on or a near-copy of one; None where not, or unknown."""
+        if not self.fitted_on:
+            return [None] * len(model_inputs)
+        sources = near_copy_sources(thumbnails(model_inputs, np.arange(len(model_inputs))),
+                                    self.fitted_on)
+        return [f"{source[0]} image {source[1]}" if source else None for source in sources]
+
     def _prediction(self, label: str, row: np.ndarray, metadata: dict[str, Any],
-                    model_input: np.ndarray) -> Prediction:
-        copy = None
-        if self.fitted_on:
-            source = near_copy_sources(thumbnails(model_input[np.newaxis], [0]),
-                                       self.fitted_on)[0]
-            copy = f"{source[0]} image {source[1]}" if source else None
+                    near_copy_of: str | None) -> Prediction:
         return Prediction(
-            near_copy_of=copy,
+            near_copy_of=near_copy_of,
             file=label,
             probabilities={
                 name: float(value) for name, value in zip(self.class_names, row, strict=True)
@@ -159,7 +163,8 @@ class Classifier:
         that also need the pixels (the app and the service show Grad-CAM), so nothing is
         decoded twice. The same computation as `predict`."""
         row = self.predict_batch(model_input[np.newaxis])[0]
-        return self._prediction(label, row, metadata or {}, model_input)
+        return self._prediction(label, row, metadata or {},
+                                self._near_copies(model_input[np.newaxis])[0])
 
     def _find_other_breasts(self, sources: Sequence[Source]) -> list[Path | None]:
         """Each path's other breast (`data.other_breasts`: split.csv, or a file among
@@ -237,10 +242,11 @@ class Classifier:
             return found
 
         def flush() -> None:
-            probabilities = self.predict_batch(np.stack([item[2] for item in pending]))
-            for (index, label, model_input, metadata), row in zip(pending, probabilities,
-                                                                  strict=True):
-                results[index] = self._prediction(label, row, metadata, model_input)
+            batch = np.stack([item[2] for item in pending])
+            probabilities, copies = self.predict_batch(batch), self._near_copies(batch)
+            for (index, label, _, metadata), row, copy in zip(pending, probabilities, copies,
+                                                              strict=True):
+                results[index] = self._prediction(label, row, metadata, copy)
             pending.clear()
 
         for index, source in enumerate(sources):
