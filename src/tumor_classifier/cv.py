@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from .config import TrainConfig, load_json, save_json
 from .data import scan_folder
-from .datasets import join_near_copies, link_file, read_patients
+from .datasets import join_near_copies, link_file, read_patients, write_csv
 from .evaluate import write_evaluation
 
 logger = logging.getLogger(__name__)
@@ -110,17 +110,12 @@ def _write_fold_data(fold_dir: Path, rows: list[list[str]], link_sources: dict[s
     for relative, *_ in rows:
         link_file(link_sources[relative], fold_dir / "data" / relative)
     if circles:  # lesion circles follow their films into the fold
-        with (fold_dir / "data" / "annotations.csv").open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "x", "y", "radius"])
-            for relative, *_ in rows:
-                for x, y, radius in circles.get(link_sources[relative], []):
-                    writer.writerow([relative, x, y, radius])
+        write_csv(fold_dir / "data" / "annotations.csv", ["file", "x", "y", "radius"],
+                  [[relative, x, y, radius] for relative, *_ in rows
+                   for x, y, radius in circles.get(link_sources[relative], [])])
     # Written last: a fold with its split.csv has all its files (for --resume).
-    with (fold_dir / "data" / "split.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "label", "patient_id", "split", "other_breast"])
-        writer.writerows(rows)
+    write_csv(fold_dir / "data" / "split.csv",
+              ["file", "label", "patient_id", "split", "other_breast"], rows)
 
 
 def _pool(metrics: dict[str, Any], test: Any, samples: list[Sample], in_fold: dict[Path, str],

@@ -154,7 +154,8 @@ def _open_source(source: Path) -> tuple[str, dict[str, bytes] | Path]:
     )
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """A CSV file with its header row (UTF-8, as the csv module asks: newline="")."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -234,9 +235,9 @@ def prepare_mini_mias(
         for x, y, radius in film.circles:
             # Info.txt's origin is bottom-left; images are stored top row first.
             annotation_rows.append([relative, x, height - 1 - y, radius])
-    _write_csv(dest / "split.csv", ["file", "label", "patient_id", "split", "other_breast"],
+    write_csv(dest / "split.csv", ["file", "label", "patient_id", "split", "other_breast"],
                split_rows)
-    _write_csv(dest / "annotations.csv", ["file", "x", "y", "radius"], annotation_rows)
+    write_csv(dest / "annotations.csv", ["file", "x", "y", "radius"], annotation_rows)
     logger.info("Prepared %d films of %d women in %s", len(split_rows), len(assignment), dest)
     return counts
 
@@ -409,6 +410,6 @@ def prepare_folders(
         link_file(path, dest / relative, copy)
         counts[split][name] += 1
         rows.append([relative, name, patient, split])
-    _write_csv(dest / "split.csv", ["file", "label", "patient_id", "split"], rows)
+    write_csv(dest / "split.csv", ["file", "label", "patient_id", "split"], rows)
     logger.info("Split %d images of %d patients into %s", len(rows), len(assignment), dest)
     return counts

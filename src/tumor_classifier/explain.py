@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .imaging import find_breast, to_grey
+from .patches import load_annotations
 
 
 def find_target_layer(model: Any, name: str | None = None) -> Any:
@@ -156,18 +157,12 @@ def lesion_hit_rate(classifier: Any, data_dir: Path, split: str = "test") -> dic
     coordinates, and a hit is a peak inside any of the film's circles. `chance` is the mean
     share of the film covered by its circles: the hit rate of a peak placed at random.
     """
-    import csv
-
-
-    circles: dict[str, list[tuple[float, float, float]]] = {}
-    with (Path(data_dir) / "annotations.csv").open(encoding="utf-8") as handle:
-        for entry in csv.DictReader(handle):
-            if entry["file"].startswith(f"{split}/"):
-                circles.setdefault(entry["file"], []).append(
-                    (float(entry["x"]), float(entry["y"]), float(entry["radius"])))
+    split_dir = (Path(data_dir) / split).resolve()
     hits, chance = [], []
-    for relative, marks in sorted(circles.items()):
-        image, model_input = classifier.read(Path(data_dir) / relative)
+    for path, marks in sorted(load_annotations(data_dir).items()):
+        if not path.is_relative_to(split_dir):
+            continue
+        image, model_input = classifier.read(path)
         probabilities = classifier.predict_batch(model_input[np.newaxis])[0]
         heatmap = grad_cam(classifier.model, model_input, int(np.argmax(probabilities)),
                            classifier.config.get("gradcam_layer"))

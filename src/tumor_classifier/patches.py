@@ -31,8 +31,8 @@ def load_annotations(data_dir: Path) -> dict[Path, list[tuple[float, float, floa
     table = Path(data_dir) / "annotations.csv"
     if not table.is_file():
         raise FileNotFoundError(
-            f"{table}: not found; lesion-patch pretraining needs the lesion circles "
-            "(file,x,y,radius), which `tumor-classifier prepare` writes."
+            f"{table}: not found; lesion-patch pretraining and the lesion hit rate need "
+            "the lesion circles (file,x,y,radius), which `tumor-classifier prepare` writes."
         )
     circles: dict[Path, list[tuple[float, float, float]]] = {}
     with table.open(encoding="utf-8") as handle:
