@@ -87,12 +87,12 @@ def test_cross_validation_with_the_other_breast(prepared_mias: Path, tmp_path: P
 def test_an_interrupted_cv_resumes_where_it_stopped(prepared_mias: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from tumor_classifier import resume
-    from tumor_classifier import train as train_module
+    from tumor_classifier.data import Batches
 
     monkeypatch.setattr(resume, "BACKUP_SECONDS", 0.0)  # a backup after every epoch
     config = TrainConfig(model="seed", data_dir="", out="", epochs=2, image_size=32, workers=1)
     whole = cross_validate(prepared_mias, tmp_path / "whole", config, folds=2)
-    set_epoch, calls = train_module.Batches.set_epoch, []
+    set_epoch, calls = Batches.set_epoch, []
 
     def stop_in_the_second_fold(batches: Any, epoch: int) -> None:
         calls.append(epoch)
@@ -100,7 +100,7 @@ def test_an_interrupted_cv_resumes_where_it_stopped(prepared_mias: Path, tmp_pat
             raise RuntimeError("power cut")
         set_epoch(batches, epoch)
 
-    monkeypatch.setattr(train_module.Batches, "set_epoch", stop_in_the_second_fold)
+    monkeypatch.setattr(Batches, "set_epoch", stop_in_the_second_fold)
     with pytest.raises(RuntimeError, match="power cut"):
         cross_validate(prepared_mias, tmp_path / "cut", config, folds=2)
     monkeypatch.undo()

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ramp, write_png
 from tumor_classifier.cache import WithOtherBreast
-from tumor_classifier.data import other_breast_rows, other_breasts, scan_folder
+from tumor_classifier.data import Batches, other_breast_rows, other_breasts, scan_folder
 
 
 def _dataset(root: Path, classes: dict[str, int]) -> Path:
@@ -122,3 +122,21 @@ def test_with_other_breast_puts_the_other_film_behind_the_channels() -> None:
     np.testing.assert_array_equal(batch[0, ..., 1], images[1, ..., 0])
     np.testing.assert_array_equal(batch[1, ..., 1], images[2, ..., 0])
     np.testing.assert_array_equal(paired[1:2][0, ..., 1], images[0, ..., 0])
+
+
+def test_balanced_sampling_draws_every_class_equally_often() -> None:
+    labels = np.array([0] * 10 + [1] * 4 + [2] * 86)
+    images = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1)
+    batches = Batches(images, np.arange(100), labels, 3, batch_size=25, seed=0, balanced=True)
+    drawn = []
+    for epoch in range(40):
+        batches.set_epoch(epoch)
+        for index in range(len(batches)):
+            drawn.extend(int(value) for value in batches[index][0].ravel())
+    shares = np.bincount(labels[drawn], minlength=3) / len(drawn)
+    np.testing.assert_allclose(shares, 1 / 3, atol=0.03)  # against 0.10 / 0.04 / 0.86
+    assert len(drawn) == 40 * 100  # a pass is still len(rows) images
+    # the default shuffle shows every image exactly once per pass
+    plain = Batches(images, np.arange(100), labels, 3, batch_size=25, seed=0)
+    once = sorted(int(v) for i in range(len(plain)) for v in plain[i][0].ravel())
+    assert once == list(range(100))

@@ -137,7 +137,7 @@ def test_two_stage_training_on_real_lesions_and_without_annotations(
 def test_a_resumed_run_without_a_backup_runs_its_patch_stage_again(
         small_dataset: Path, prepared_mias: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from tumor_classifier import train as train_module
+    from tumor_classifier.data import Batches
 
     shutil.copy(prepared_mias / "annotations.csv", small_dataset / "annotations.csv")
     options = dict(data_dir=str(small_dataset), out=str(tmp_path / "run"), model="mammo_net",
@@ -147,7 +147,7 @@ def test_a_resumed_run_without_a_backup_runs_its_patch_stage_again(
         raise RuntimeError("power cut")
 
     # stopped in its first epoch, long before the first backup (every 30 s of training)
-    monkeypatch.setattr(train_module.Batches, "set_epoch", power_cut)
+    monkeypatch.setattr(Batches, "set_epoch", power_cut)
     with pytest.raises(RuntimeError, match="power cut"):
         train(TrainConfig(**options))
     monkeypatch.undo()

@@ -136,20 +136,20 @@ def test_keep_last_keeps_the_final_epoch_not_the_best(small_dataset: Path,
 def test_an_interrupted_run_resumes_after_its_last_finished_epoch(
         small_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tumor_classifier import resume
-    from tumor_classifier import train as train_module
+    from tumor_classifier.data import Batches
 
     monkeypatch.setattr(resume, "BACKUP_SECONDS", 0.0)  # a backup after every epoch
     options = dict(data_dir=str(small_dataset), model="seed", epochs=4, image_size=32,
                    workers=1)
     whole = train(TrainConfig(out=str(tmp_path / "whole"), **options))
-    set_epoch = train_module.Batches.set_epoch
+    set_epoch = Batches.set_epoch
 
     def stop_at_third_epoch(batches: Any, epoch: int) -> None:
         if epoch == 2:
             raise RuntimeError("power cut")
         set_epoch(batches, epoch)
 
-    monkeypatch.setattr(train_module.Batches, "set_epoch", stop_at_third_epoch)
+    monkeypatch.setattr(Batches, "set_epoch", stop_at_third_epoch)
     cut = tmp_path / "cut"
     with pytest.raises(RuntimeError, match="power cut"):
         train(TrainConfig(out=str(cut), **options))
@@ -200,28 +200,6 @@ def test_focal_loss_and_cosine_schedule() -> None:
         _loss("dice")
     with pytest.raises(ValueError, match="--lr-schedule 'step': use constant or cosine"):
         _optimizer(TrainConfig(model="seed", data_dir="", out="", lr_schedule="step"), 0.01, 4)
-
-
-def test_balanced_sampling_draws_every_class_equally_often() -> None:
-    import numpy as np
-
-    from tumor_classifier.train import Batches
-
-    labels = np.array([0] * 10 + [1] * 4 + [2] * 86)
-    images = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1)
-    batches = Batches(images, np.arange(100), labels, 3, batch_size=25, seed=0, balanced=True)
-    drawn = []
-    for epoch in range(40):
-        batches.set_epoch(epoch)
-        for index in range(len(batches)):
-            drawn.extend(int(value) for value in batches[index][0].ravel())
-    shares = np.bincount(labels[drawn], minlength=3) / len(drawn)
-    np.testing.assert_allclose(shares, 1 / 3, atol=0.03)  # against 0.10 / 0.04 / 0.86
-    assert len(drawn) == 40 * 100  # a pass is still len(rows) images
-    # the default shuffle shows every image exactly once per pass
-    plain = Batches(images, np.arange(100), labels, 3, batch_size=25, seed=0)
-    once = sorted(int(v) for i in range(len(plain)) for v in plain[i][0].ravel())
-    assert once == list(range(100))
 
 
 def test_mixed_precision_trains_and_saves_a_float32_model(small_dataset: Path,

@@ -1,13 +1,16 @@
-"""Scan and validate a class-folder dataset (decoding happens once, in `cache`)."""
+"""Scan and validate a class-folder dataset, pair films with the other breast, and feed
+the cached images to `fit` in batches (decoding happens once, in `cache`)."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -266,3 +269,98 @@ def pair_with_other_breasts(images: CachedImages, files: Sequence[Path]
     failures = dict(images.failures)
     failures.update({row: message for row, message in problems.items() if row not in failures})
     return WithOtherBreast(images, others), failures
+
+
+class Batches:
+    """(images, one-hot labels[, class weights]) batches of `images[rows]`, indexable.
+
+    A `keras.utils.PyDataset` (built by `as_dataset`): Keras prefetches it in threads on
+    every backend, each epoch is exactly `len()` batches, and peeking at a batch (as Keras
+    does to learn the shapes) consumes nothing. With `seed`, every pass over the data is a
+    new permutation; `steps` longer or shorter than a pass continue across passes, like
+    `flow_from_directory`. With `seed=None` the order is fixed (validation: one exact pass
+    per epoch). Class weights travel as per-sample weights, which is what Keras does with
+    `class_weight`, the same on every backend and on several devices.
+    """
+
+    def __init__(self, images: np.ndarray | CachedImages | WithOtherBreast, rows: np.ndarray,
+                 labels: np.ndarray, num_classes: int, batch_size: int,
+                 weights: dict[int, float] | None = None, seed: int | None = 0,
+                 steps: int | None = None, balanced: bool = False) -> None:
+        self.images, self.rows, self.batch_size, self.seed = images, rows, batch_size, seed
+        # Balanced sampling: each pass draws len(rows) images with replacement, every class
+        # equally likely (an alternative to class weights).
+        self.draw = None
+        if balanced:
+            counts = np.bincount(labels, minlength=num_classes)
+            self.draw = 1.0 / counts[labels]
+            self.draw /= self.draw.sum()
+        self.one_hot = np.eye(num_classes, dtype=np.float32)[labels]
+        self.sample_weights = None if weights is None else np.array(
+            [weights[int(label)] for label in labels], np.float32)
+        self.per_pass = math.ceil(len(rows) / batch_size)
+        self.steps = steps or self.per_pass
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _order(self, pass_index: int) -> np.ndarray:
+        if self.seed is None:
+            return np.arange(len(self.rows))
+        rng = np.random.default_rng([self.seed, pass_index])
+        if self.draw is not None:
+            return rng.choice(len(self.rows), len(self.rows), p=self.draw)
+        return rng.permutation(len(self.rows))
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        pass_index, position = divmod(self.epoch * self.steps + index, self.per_pass)
+        order = self._order(pass_index if self.seed is not None else 0)
+        chosen = np.sort(order[position * self.batch_size : (position + 1) * self.batch_size])
+        batch = (self.images[self.rows[chosen]], self.one_hot[chosen])
+        if self.sample_weights is not None:
+            return (*batch, self.sample_weights[chosen])
+        return batch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Which pass the next epoch reads; set by Keras at the start of every epoch (a
+        counter driven by the feed would advance whenever Keras or tf.distribute opened an
+        extra iterator, and one device and several would then shuffle differently)."""
+        if self.seed is not None:
+            self.epoch = epoch
+
+
+def as_dataset(batches: Batches, workers: int = 2) -> Any:
+    """What `fit` gets. On TensorFlow: a `tf.data` pipeline over `batches` with a declared
+    signature, prefetching 4 batches (measured faster here than a PyDataset, and under a
+    tf.distribute strategy Keras' own adapters feed the batches out of order). On other
+    backends: a `keras.utils.PyDataset` read ahead by `workers` threads. Either way each
+    epoch is exactly `len(batches)` batches."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        first = batches[0]
+
+        def one_epoch() -> Iterator[tuple[np.ndarray, ...]]:
+            for index in range(len(batches)):
+                yield batches[index]
+
+        signature = tuple(tf.TensorSpec((None, *part.shape[1:]), tf.float32) for part in first)
+        dataset = tf.data.Dataset.from_generator(one_epoch, output_signature=signature)
+        # A declared length: Keras then runs exactly len(batches) steps per epoch, also
+        # under a tf.distribute strategy.
+        return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(4)
+
+    class Dataset(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
+
+        def __len__(self) -> int:
+            return len(batches)
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+            return batches[index]
+
+    return Dataset()

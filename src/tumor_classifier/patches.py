@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import class_index
+from .cache import CachedImages, WithOtherBreast
+from .config import TrainConfig, class_index
 from .imaging import ImageReadError, crop_to, find_breast, preprocess, read_image, to_grey
 
 logger = logging.getLogger(__name__)
@@ -179,3 +180,43 @@ def pretrain_on_patches(model_name: str, patches: np.ndarray, targets: np.ndarra
                         batch_size=batch_size, epochs=round_epochs, shuffle=True,
                         class_weight=weights, verbose=2)
     return list(patch_model.get_weights())
+
+
+def pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
+                         files: list[Path], labels: np.ndarray,
+                         class_names: tuple[str, ...],
+                         x_train: CachedImages | WithOtherBreast,
+                         train_rows: np.ndarray, learning_rate: float) -> bool:
+    """Stage one of two: train on lesion patches, then start from those weights. Returns
+    False (and says why) when the dataset marks no lesions, so there is nothing to do."""
+    from .models import MIL_WINDOW, build_model
+
+    if not (data_dir / "annotations.csv").is_file():
+        # A class-folder dataset without lesion circles: the default still has to work.
+        logger.warning("%s: no annotations.csv (file,x,y,radius of each lesion), so no "
+                       "lesion-patch pretraining; training on whole images only.", data_dir)
+        return False
+    normal = class_index(class_names, "NOR")
+    if normal is None:
+        raise ValueError("lesion-patch pretraining needs a NOR (or normal) class folder: "
+                         "normal tissue is what lesion patches are learned against.")
+    # mammo_mil mines hard negatives from the whole normal films.
+    normal_images = x_train[train_rows[labels == normal]] if config.model == "mammo_mil" else None
+    # mammo_mil's window, so its patch classifier is the one it slides over the film.
+    patch_size = min(MIL_WINDOW, config.input_size)
+    patch_model = build_model(config.model, (patch_size, patch_size, config.channels),
+                              len(class_names))
+    if [tuple(w.shape) for w in patch_model.get_weights()] != [
+            tuple(w.shape) for w in model.get_weights()]:
+        raise ValueError(f"preset {config.model!r} has weights that depend on the input size "
+                         "(a Flatten head); lesion-patch pretraining needs a global-pooling "
+                         "preset such as mammo_mil or mammo_net.")
+    patches, targets = sample_patches(
+        files, labels.tolist(), class_names, load_annotations(data_dir), config.input_size,
+        config.channels, patch_size, seed=config.seed, crop=config.crop_breast)
+    weights = pretrain_on_patches(config.model, patches, targets, len(class_names),
+                                  config.patch_pretrain_epochs, config.batch_size,
+                                  learning_rate, normal, normal_images,
+                                  initial_weights=model.get_weights())
+    model.set_weights(weights)
+    return True

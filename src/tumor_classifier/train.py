@@ -26,7 +26,14 @@ from .cache import (
     thumbnails,
 )
 from .config import TrainConfig, class_index, save_json
-from .data import ImageFolder, other_breasts, pair_with_other_breasts, scan_folder
+from .data import (
+    Batches,
+    ImageFolder,
+    as_dataset,
+    other_breasts,
+    pair_with_other_breasts,
+    scan_folder,
+)
 from .distribute import distribution_scope
 from .evaluate import describe_near_copies, patient_groups, write_evaluation
 from .metrics import (
@@ -73,101 +80,6 @@ def class_weights(spec: str, counts: dict[str, int]) -> dict[int, float] | None:
             f"({', '.join(names)}), e.g. {','.join(f'{name}=1' for name in names)}."
         )
     return {index: weights[name] for index, name in enumerate(names)}
-
-
-class Batches:
-    """(images, one-hot labels[, class weights]) batches of `images[rows]`, indexable.
-
-    A `keras.utils.PyDataset` (built by `as_dataset`): Keras prefetches it in threads on
-    every backend, each epoch is exactly `len()` batches, and peeking at a batch (as Keras
-    does to learn the shapes) consumes nothing. With `seed`, every pass over the data is a
-    new permutation; `steps` longer or shorter than a pass continue across passes, like
-    `flow_from_directory`. With `seed=None` the order is fixed (validation: one exact pass
-    per epoch). Class weights travel as per-sample weights, which is what Keras does with
-    `class_weight`, the same on every backend and on several devices.
-    """
-
-    def __init__(self, images: np.ndarray | CachedImages | WithOtherBreast, rows: np.ndarray,
-                 labels: np.ndarray, num_classes: int, batch_size: int,
-                 weights: dict[int, float] | None = None, seed: int | None = 0,
-                 steps: int | None = None, balanced: bool = False) -> None:
-        self.images, self.rows, self.batch_size, self.seed = images, rows, batch_size, seed
-        # Balanced sampling: each pass draws len(rows) images with replacement, every class
-        # equally likely (an alternative to class weights).
-        self.draw = None
-        if balanced:
-            counts = np.bincount(labels, minlength=num_classes)
-            self.draw = 1.0 / counts[labels]
-            self.draw /= self.draw.sum()
-        self.one_hot = np.eye(num_classes, dtype=np.float32)[labels]
-        self.sample_weights = None if weights is None else np.array(
-            [weights[int(label)] for label in labels], np.float32)
-        self.per_pass = math.ceil(len(rows) / batch_size)
-        self.steps = steps or self.per_pass
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def _order(self, pass_index: int) -> np.ndarray:
-        if self.seed is None:
-            return np.arange(len(self.rows))
-        rng = np.random.default_rng([self.seed, pass_index])
-        if self.draw is not None:
-            return rng.choice(len(self.rows), len(self.rows), p=self.draw)
-        return rng.permutation(len(self.rows))
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
-        pass_index, position = divmod(self.epoch * self.steps + index, self.per_pass)
-        order = self._order(pass_index if self.seed is not None else 0)
-        chosen = np.sort(order[position * self.batch_size : (position + 1) * self.batch_size])
-        batch = (self.images[self.rows[chosen]], self.one_hot[chosen])
-        if self.sample_weights is not None:
-            return (*batch, self.sample_weights[chosen])
-        return batch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Which pass the next epoch reads; set by Keras at the start of every epoch (a
-        counter driven by the feed would advance whenever Keras or tf.distribute opened an
-        extra iterator, and one device and several would then shuffle differently)."""
-        if self.seed is not None:
-            self.epoch = epoch
-
-
-def as_dataset(batches: Batches, workers: int = 2) -> Any:
-    """What `fit` gets. On TensorFlow: a `tf.data` pipeline over `batches` with a declared
-    signature, prefetching 4 batches (measured faster here than a PyDataset, and under a
-    tf.distribute strategy Keras' own adapters feed the batches out of order). On other
-    backends: a `keras.utils.PyDataset` read ahead by `workers` threads. Either way each
-    epoch is exactly `len(batches)` batches."""
-    import keras
-
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        first = batches[0]
-
-        def one_epoch() -> Iterator[tuple[np.ndarray, ...]]:
-            for index in range(len(batches)):
-                yield batches[index]
-
-        signature = tuple(tf.TensorSpec((None, *part.shape[1:]), tf.float32) for part in first)
-        dataset = tf.data.Dataset.from_generator(one_epoch, output_signature=signature)
-        # A declared length: Keras then runs exactly len(batches) steps per epoch, also
-        # under a tf.distribute strategy.
-        return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(4)
-
-    class Dataset(keras.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
-
-        def __len__(self) -> int:
-            return len(batches)
-
-        def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
-            return batches[index]
-
-    return Dataset()
 
 
 # The names class-folder datasets give their splits, matched case-insensitively, the first
@@ -382,47 +294,6 @@ def _loss(name: str) -> Any:
     return keras.losses.CategoricalCrossentropy()
 
 
-def _pretrain_on_lesions(model: Any, config: TrainConfig, data_dir: Path,
-                         files: list[Path], labels: np.ndarray,
-                         class_names: tuple[str, ...],
-                         x_train: CachedImages | WithOtherBreast,
-                         train_rows: np.ndarray, learning_rate: float) -> bool:
-    """Stage one of two: train on lesion patches, then start from those weights. Returns
-    False (and says why) when the dataset marks no lesions, so there is nothing to do."""
-    from .models import MIL_WINDOW, build_model
-    from .patches import load_annotations, pretrain_on_patches, sample_patches
-
-    if not (data_dir / "annotations.csv").is_file():
-        # A class-folder dataset without lesion circles: the default still has to work.
-        logger.warning("%s: no annotations.csv (file,x,y,radius of each lesion), so no "
-                       "lesion-patch pretraining; training on whole images only.", data_dir)
-        return False
-    normal = class_index(class_names, "NOR")
-    if normal is None:
-        raise ValueError("lesion-patch pretraining needs a NOR (or normal) class folder: "
-                         "normal tissue is what lesion patches are learned against.")
-    # mammo_mil mines hard negatives from the whole normal films.
-    normal_images = x_train[train_rows[labels == normal]] if config.model == "mammo_mil" else None
-    # mammo_mil's window, so its patch classifier is the one it slides over the film.
-    patch_size = min(MIL_WINDOW, config.input_size)
-    patch_model = build_model(config.model, (patch_size, patch_size, config.channels),
-                              len(class_names))
-    if [tuple(w.shape) for w in patch_model.get_weights()] != [
-            tuple(w.shape) for w in model.get_weights()]:
-        raise ValueError(f"preset {config.model!r} has weights that depend on the input size "
-                         "(a Flatten head); lesion-patch pretraining needs a global-pooling "
-                         "preset such as mammo_mil or mammo_net.")
-    patches, targets = sample_patches(
-        files, labels.tolist(), class_names, load_annotations(data_dir), config.input_size,
-        config.channels, patch_size, seed=config.seed, crop=config.crop_breast)
-    weights = pretrain_on_patches(config.model, patches, targets, len(class_names),
-                                  config.patch_pretrain_epochs, config.batch_size,
-                                  learning_rate, normal, normal_images,
-                                  initial_weights=model.get_weights())
-    model.set_weights(weights)
-    return True
-
-
 def train(config: TrainConfig) -> Path:
     """Train a model on `config.data_dir/{train,validation}` and write a run directory.
 
@@ -438,6 +309,7 @@ def train(config: TrainConfig) -> Path:
     import keras
 
     from .models import PRETRAINED, build_model, freeze_batch_norm
+    from .patches import pretrain_on_lesions
 
     data_dir, run_dir = Path(config.data_dir), Path(config.out)
     resume.check(config, run_dir)
@@ -555,7 +427,7 @@ def train(config: TrainConfig) -> Path:
         restored = config.resume and resume.finished_epochs(run_dir) > 0
         if config.patch_pretrain_epochs > 0 and (
                 (data_dir / "annotations.csv").is_file() if restored
-                else _pretrain_on_lesions(model, config, data_dir, train_files, y_train,
+                else pretrain_on_lesions(model, config, data_dir, train_files, y_train,
                                           class_names, x_train, train_rows, learning_rate)):
             # Then fine-tune on whole films as Keras' transfer-learning guide does: frozen
             # BatchNormalization keeps the statistics the patch classifier learned (whole
