@@ -7,7 +7,14 @@ import pytest
 
 from conftest import ramp, write_png
 from tumor_classifier.cache import WithOtherBreast
-from tumor_classifier.data import Batches, other_breast_rows, other_breasts, scan_folder
+from tumor_classifier.data import (
+    Batches,
+    other_breast_rows,
+    other_breasts,
+    scan_folder,
+    scan_split_folders,
+    split_folders,
+)
 
 
 def _dataset(root: Path, classes: dict[str, int]) -> Path:
@@ -26,6 +33,28 @@ def test_scan_orders_classes_and_files(tmp_path: Path) -> None:
     assert folder.class_names == ("BEN", "CAN", "NOR")
     assert folder.counts() == {"BEN": 1, "CAN": 3, "NOR": 2}
     assert list(folder.labels) == [0, 1, 1, 1, 2, 2]
+
+
+def test_split_folders_are_found_under_any_usual_name_and_pooled(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    _dataset(root / "Training", {"BEN": 1, "NOR": 2})
+    _dataset(root / "val", {"BEN": 1, "CAN": 1, "NOR": 1})
+    (root / ".cache").mkdir()
+    assert split_folders(root) == {"train": root / "Training", "validation": root / "val"}
+    assert split_folders(root / "Training") == {} and split_folders(tmp_path / "none") == {}
+    # Training/ and val/ are splits, not two classes
+    with pytest.raises(ValueError, match=r"d: holds split folders \(Training, val\), not class"):
+        scan_folder(root)
+    pooled = scan_split_folders(root)
+    assert pooled.class_names == ("BEN", "CAN", "NOR")  # CAN only in val/
+    assert pooled.counts() == {"BEN": 2, "CAN": 1, "NOR": 3}
+    assert [path.relative_to(root).parts[:2] for path in pooled.files] == [
+        ("Training", "BEN"), ("Training", "NOR"), ("Training", "NOR"),
+        ("val", "BEN"), ("val", "CAN"), ("val", "NOR")]
+    assert [pooled.class_names[label] for label in pooled.labels] == [
+        path.relative_to(root).parts[1] for path in pooled.files]
+    with pytest.raises(ValueError, match=r"Training: no split folders"):
+        scan_split_folders(root / "Training")
 
 
 def test_scan_errors_name_the_folder_and_the_fix(tmp_path: Path) -> None:

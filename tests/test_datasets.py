@@ -167,6 +167,43 @@ def test_prepare_folders_splits_real_films_by_patient_and_only_links_them(
     assert [row["split"] for row in _rows(tmp_path / "seed1")] != [row["split"] for row in rows]
 
 
+def test_prepare_folders_splits_an_image_split_dataset_again_by_patient(
+    prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The original project's layout, split by image as student projects often are: each
+    # woman's first film in Train/, her second in val/ (names in any case, Keras' aliases).
+    source = tmp_path / "by_image"
+    for row in _rows(prepared_mias):
+        part = "Train" if int(Path(row["file"]).stem[3:]) % 2 else "val"
+        target = source / part / row["label"] / f"{row['patient_id']}_{Path(row['file']).name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(prepared_mias / row["file"], target)
+    before = sorted((path, path.stat().st_mtime_ns) for path in source.rglob("*"))
+    # the pattern is searched below the class folder, so an anchored one works
+    counts = prepare_folders(source, tmp_path / "out", patient_pattern=r"^mias\d+")
+    assert "pooled and split again by patient" in caplog.text
+    rows = _rows(tmp_path / "out")
+    assert len(rows) == sum(sum(per_class.values()) for per_class in counts.values()) == 240
+    splits_of: dict[str, set[str]] = {}
+    for row in rows:
+        film = tmp_path / "out" / row["file"]
+        old_part = film.parent.name  # each file keeps its old split folder in its path
+        assert film.parts[-4:-2] == (row["split"], row["label"]) and old_part in ("Train", "val")
+        assert film.samefile(source / old_part / row["label"] / film.name)
+        splits_of.setdefault(row["patient_id"], set()).add(row["split"])
+    assert len(splits_of) == 120 and all(len(splits) == 1 for splits in splits_of.values())
+    assert sorted((path, path.stat().st_mtime_ns) for path in source.rglob("*")) == before
+    # cv --groups pools the splits the same way (paths relative to the dataset)
+    groups = tmp_path / "groups.csv"
+    groups.write_text("file,patient_id\n" + "".join(
+        f"{path.relative_to(source).as_posix()},{path.name.split('_')[0]}\n"
+        for path in sorted(source.rglob("*.png"))))
+    samples = load_samples(source, groups)
+    assert len(samples) == 240 and len({sample.patient for sample in samples}) == 120
+    with pytest.raises(FileNotFoundError, match=r"by_image DEST --patient-pattern REGEX"):
+        load_samples(source)
+
+
 def test_prepare_folders_can_keep_near_copies_with_their_original(
     prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -227,5 +264,3 @@ def test_prepare_folders_names_each_problem(tmp_path: Path) -> None:
     assert counts["train"] == {"BEN": 1, "CAN": 2, "NOR": 1}
     with pytest.raises(FileExistsError, match="not empty"):
         prepare_folders(source, tmp_path / "out", one_image_per_patient=True)
-    with pytest.raises(ValueError, match=r"out: already holds split folders \(train/, "):
-        prepare_folders(tmp_path / "out", tmp_path / "again", one_image_per_patient=True)

@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     mias.add_argument("source", type=Path, help="mini-MIAS folder or all-mias.tar.gz")
     folders = builders.add_parser(
         "folders", help="class folders SOURCE/{CLASS}/..., split by patient")
-    folders.add_argument("source", type=Path, help="folder with one subfolder per class")
+    folders.add_argument("source", type=Path,
+                         help="folder with one subfolder per class (or with split folders "
+                         "of class folders, which are pooled and split again)")
     patient = folders.add_mutually_exclusive_group(required=True)
     patient.add_argument("--groups", type=Path, default=None,
                          help="CSV with file,patient_id (file relative to SOURCE)")
@@ -142,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "run directory to write")
 
     cv = commands.add_parser("cv", help="cross-validate by patient (choose models this way)")
-    _add_train_options(cv, "prepared dataset with split.csv, or class folders with --groups",
+    _add_train_options(cv, "prepared dataset with split.csv, or class folders (split or not) with "
+                       "--groups",
                        "folder for the folds' runs and the summary")
     cv.add_argument("--folds", type=int, default=5)
     cv.add_argument("--groups", type=Path, default=None,

@@ -15,6 +15,10 @@ CLASS_NAMES: tuple[str, ...] = ("BEN", "CAN", "NOR")
 
 # The split folders of a prepared dataset: DATA/{train,validation,test}/{CLASS}/...
 SPLITS = ("train", "validation", "test")
+# The names datasets give their splits, matched case-insensitively, the first found winning:
+# Keras tutorials and many public sets say "training", "val" or "valid".
+SPLIT_NAMES = {"train": ("train", "training"), "validation": ("validation", "val", "valid"),
+               "test": ("test", "testing")}
 
 CLASS_DESCRIPTIONS = {
     "BEN": "Benign finding",

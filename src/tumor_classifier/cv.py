@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .config import TrainConfig, load_json, save_json
-from .data import scan_folder
+from .data import scan_folder, scan_split_folders, split_folders
 from .datasets import join_near_copies, link_file, read_patients, write_csv
 from .evaluate import write_evaluation
 
@@ -49,7 +49,8 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]
     """
     data_dir = Path(data_dir)
     if groups_csv is not None:
-        folder = scan_folder(data_dir)
+        # An already split dataset is pooled: cv makes its own splits.
+        folder = scan_split_folders(data_dir) if split_folders(data_dir) else scan_folder(data_dir)
         patients = read_patients(Path(groups_csv), data_dir, folder.files)
         return [Sample(path, folder.class_names[label], patient)
                 for path, label, patient in zip(folder.files, folder.labels, patients,
@@ -59,7 +60,9 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]
         raise FileNotFoundError(
             f"{data_dir}: no split.csv and no --groups CSV; cross-validation needs the "
             "patient of every image (it never splits by image). Pass --groups with "
-            "file,patient_id."
+            "file,patient_id, or make one with `tumor-classifier prepare folders "
+            f"{data_dir} DEST --patient-pattern REGEX` (or --one-image-per-patient) and "
+            "cross-validate DEST."
         )
     with table.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

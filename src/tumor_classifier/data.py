@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .cache import CachedImages, WithOtherBreast
-from .config import SPLITS
+from .config import SPLIT_NAMES
 from .imaging import IMAGE_EXTENSIONS, is_dicom
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,42 @@ def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
     return images, skipped
 
 
+def split_folders(root: Path | str) -> dict[str, Path]:
+    """`root`'s split folders ("train", "validation", "test": each under any of its
+    `SPLIT_NAMES`, in any case); empty when it has none."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    folders = {path.name.lower(): path for path in sorted(root.iterdir())
+               if path.is_dir() and _visible(path.name)}
+    found = {split: next((folders[name] for name in names if name in folders), None)
+             for split, names in SPLIT_NAMES.items()}
+    return {split: folder for split, folder in found.items() if folder is not None}
+
+
+def scan_split_folders(root: Path | str) -> ImageFolder:
+    """Every image of a dataset that is already split (`root/{train,validation,test}/
+    {CLASS}/...`), pooled: the classes of all splits together, each file under its own
+    split folder (`root/validation/BEN/...`).
+
+    Raises:
+        ValueError: `root` holds no split folders, or one is malformed (`scan_folder`).
+    """
+    root = Path(root)
+    splits = split_folders(root)
+    if not splits:
+        raise ValueError(f"{root}: no split folders (train/, validation/, test/).")
+    names = sorted({path.name for folder in splits.values() for path in folder.iterdir()
+                    if path.is_dir() and _visible(path.name)})
+    files: list[Path] = []
+    labels: list[int] = []
+    for folder in splits.values():
+        part = scan_folder(folder, names)
+        files += part.files
+        labels += part.labels
+    return ImageFolder(root, tuple(names), tuple(files), tuple(labels))
+
+
 def scan_folder(root: Path | str, class_names: Sequence[str] | None = None) -> ImageFolder:
     """Find the images of a `root/{CLASS}/...` dataset and check its structure.
 
@@ -97,7 +133,9 @@ def scan_folder(root: Path | str, class_names: Sequence[str] | None = None) -> I
             f"{root}: no class folders; expected one subfolder per class "
             "(for example BEN/, CAN/, NOR/) holding the images."
         )
-    if set(folders) & set(SPLITS) and (class_names is None or not set(folders) & set(class_names)):
+    split_names = {name for names in SPLIT_NAMES.values() for name in names}
+    if ({folder.lower() for folder in folders} & split_names
+            and (class_names is None or not set(folders) & set(class_names))):
         raise ValueError(
             f"{root}: holds split folders ({', '.join(folders)}), not class folders; pass one "
             f"split, for example {root / folders[0]}."

@@ -28,7 +28,7 @@ from PIL import Image
 
 from .cache import cache_images, near_copy_pairs, thumbnails
 from .config import SPLITS
-from .data import scan_folder
+from .data import scan_folder, scan_split_folders, split_folders
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def read_patients(table: Path, source: Path, files: Sequence[Path]) -> list[str]
     return patients
 
 
-def _patients_from_names(pattern: str, source: Path, files: list[Path]) -> list[str]:
+def _patients_from_names(pattern: str, names: list[str]) -> list[str]:
     try:
         regex = re.compile(pattern)
     except re.error as error:
@@ -292,9 +292,7 @@ def _patients_from_names(pattern: str, source: Path, files: list[Path]) -> list[
             f"--patient-pattern {pattern!r}: not a regular expression ({error})."
         ) from None
     patients, missing = [], []
-    for path in files:
-        # Searched in the path below the class folder, so that a patient's folder counts too.
-        name = Path(*path.relative_to(source).parts[1:]).as_posix()
+    for name in names:  # paths below the class folder: a patient's folder counts too
         match = regex.search(name)
         patient = (match.group(1) if regex.groups else match.group(0)) if match else None
         if not patient:
@@ -302,7 +300,7 @@ def _patients_from_names(pattern: str, source: Path, files: list[Path]) -> list[
         patients.append(patient or "")
     if missing:
         raise ValueError(
-            f"--patient-pattern {pattern!r} finds no patient in {len(missing)} of {len(files)} "
+            f"--patient-pattern {pattern!r} finds no patient in {len(missing)} of {len(names)} "
             f"file name(s), e.g. {missing[0]}; fix the pattern or pass --groups CSV."
         )
     return patients
@@ -378,15 +376,23 @@ def prepare_folders(
     if dest.resolve().is_relative_to(source.resolve()):
         raise ValueError(f"{dest}: lies inside {source}; choose a DEST outside the dataset, "
                          "which is only read.")
-    if source.is_dir() and {path.name for path in source.iterdir()} & set(SPLITS):
-        raise ValueError(f"{source}: already holds split folders (train/, validation/, "
-                         "test/); train on it as it is, or pass a folder of class folders.")
-    folder = scan_folder(source)
+    splits = split_folders(source)
+    if splits:
+        # Such as the original project's {train,validation}/{BEN,CAN,NOR}: a split whose
+        # making is unknown (often by image) cannot be trusted to keep women apart.
+        logger.warning(
+            "%s: holds split folders (%s); their images are pooled and split again by "
+            "patient, not as they were. Under DEST each file keeps its old split folder in "
+            "its path (DEST/test/BEN/%s/...).", source,
+            ", ".join(folder.name for folder in splits.values()), next(iter(splits.values())).name)
+    folder = scan_split_folders(source) if splits else scan_folder(source)
     files = list(folder.files)
+    # Each file's path below its class folder: where a patient pattern is searched.
+    below = [Path(*path.relative_to(source).parts[2 if splits else 1:]) for path in files]
     if groups is not None:
         patients = read_patients(Path(groups), source, files)
     elif patient_pattern is not None:
-        patients = _patients_from_names(patient_pattern, source, files)
+        patients = _patients_from_names(patient_pattern, [name.as_posix() for name in below])
     else:
         patients = [Path(*path.relative_to(source).parts).as_posix() for path in files]
     if dest.exists() and any(dest.iterdir()):
@@ -404,9 +410,10 @@ def prepare_folders(
     )
     counts = {split: dict.fromkeys(folder.class_names, 0) for split in SPLITS}
     rows = []
-    for path, label, patient in zip(files, folder.labels, patients, strict=True):
+    for path, label, patient, rest in zip(files, folder.labels, patients, below, strict=True):
         split, name = assignment[patient], folder.class_names[label]
-        relative = Path(split, *path.relative_to(source).parts).as_posix()
+        old_split = path.relative_to(source).parts[:1] if splits else ()
+        relative = Path(split, name, *old_split, rest).as_posix()
         link_file(path, dest / relative, copy)
         counts[split][name] += 1
         rows.append([relative, name, patient, split])

@@ -33,6 +33,7 @@ from .data import (
     other_breasts,
     pair_with_other_breasts,
     scan_folder,
+    split_folders,
 )
 from .distribute import distribution_scope
 from .evaluate import describe_near_copies, patient_groups, write_evaluation
@@ -82,11 +83,6 @@ def class_weights(spec: str, counts: dict[str, int]) -> dict[int, float] | None:
     return {index: weights[name] for index, name in enumerate(names)}
 
 
-# The names class-folder datasets give their splits, matched case-insensitively, the first
-# found winning: Keras tutorials and many public sets say "val" or "valid".
-SPLIT_NAMES = {"train": ("train", "training"), "validation": ("validation", "val", "valid")}
-
-
 def can_pair(config: TrainConfig, train_files: Sequence[Path],
              validation_files: Sequence[Path]) -> bool:
     """Whether the options allow the other breast and every training and validation film
@@ -110,15 +106,6 @@ def choose_model(config: TrainConfig, pairable: bool) -> str:
         "efficientnet_lite0 from ImageNet weights, one image at a time (not every film's "
         "other breast is named; --model seed for the original network)"))
     return model
-
-
-def find_split(data_dir: Path, split: str) -> Path | None:
-    """`data_dir`'s folder for `split` ("train" or "validation") under any of its
-    `SPLIT_NAMES`; None when there is none."""
-    if not data_dir.is_dir():
-        return None
-    folders = {path.name.lower(): path for path in sorted(data_dir.iterdir()) if path.is_dir()}
-    return next((folders[name] for name in SPLIT_NAMES[split] if name in folders), None)
 
 
 def early_stopping(patience: int, previous_losses: Sequence[float] = ()) -> Any:
@@ -325,7 +312,8 @@ def train(config: TrainConfig) -> Path:
         raise ValueError("--other-breast needs a preset trained from scratch on whole images "
                          "(seed, seed_augmented, mammo_net, mammo_mil, resnet_small), without "
                          "--patch-pretrain-epochs.")
-    train_dir, validation_dir = find_split(data_dir, "train"), find_split(data_dir, "validation")
+    splits = split_folders(data_dir)
+    train_dir, validation_dir = splits.get("train"), splits.get("validation")
     if data_dir.is_dir() and train_dir is None:
         raise FileNotFoundError(
             f"{data_dir}: no train/ folder; train reads DATA/train/{{CLASS}}/ and "
