@@ -281,6 +281,40 @@ def _loss(name: str) -> Any:
     return keras.losses.CategoricalCrossentropy()
 
 
+def _calibrate(run_dir: Path, x_val: CachedImages | WithOtherBreast, val_rows: np.ndarray,
+               y_val: np.ndarray, class_names: tuple[str, ...]
+               ) -> tuple[np.ndarray, dict[str, Any], bool]:
+    """Temperature scaling, then the thresholds that give 90% specificity, fitted on the
+    validation split for the kept model (as saved in `run_dir`, config.json included);
+    predict, the app and evaluate apply them.
+
+    Returns:
+        The calibrated validation probabilities, the calibration record for config.json,
+        and whether the model collapsed (the same probabilities for every image).
+    """
+    from .predict import Classifier
+
+    raw = Classifier.load(run_dir).predict_batch(x_val, calibrated=False)[val_rows]
+    # A model that gives every image the same probabilities ranks nothing (every AUC 0.5).
+    # Seen with `seed` at 1,024 px on the JAX backend (an H200): its 134M-weight dense layer
+    # blew up at rate 1e-3 and the output saturated in all five CV folds.
+    collapsed = bool(len(raw) > 1 and np.ptp(raw, axis=0).max() <= 1e-6)
+    temperature = fit_temperature(y_val, raw)
+    calibrated = apply_temperature(raw, temperature)
+    thresholds = {
+        task: threshold_at_specificity(truth, score)
+        for task, (truth, score, _) in binary_tasks(y_val, calibrated, class_names).items()
+    }
+    return calibrated, {
+        "method": "temperature scaling fitted on the validation split",
+        "temperature": temperature,
+        "validation_nll_before": negative_log_likelihood(y_val, raw),
+        "validation_nll_after": negative_log_likelihood(y_val, calibrated),
+        "thresholds": {task: value for task, value in thresholds.items() if value is not None},
+        "thresholds_rule": "lowest score threshold with >= 90% specificity on validation",
+    }, collapsed
+
+
 def train(config: TrainConfig) -> Path:
     """Train a model on `config.data_dir/{train,validation}` and write a run directory.
 
@@ -492,39 +526,17 @@ def train(config: TrainConfig) -> Path:
                               "validation": (val_thumbnails, val_files)})
     save_figure(plot_history(history), run_dir / "plots" / "history.png")
 
-    # Calibrate the kept (best) checkpoint on the validation split: temperature scaling,
-    # then the thresholds that give 90% specificity. Saved with the model; predict, the app
-    # and evaluate apply them.
-    from .predict import Classifier
-
-    classifier = Classifier.load(run_dir)
-    raw = classifier.predict_batch(x_val, calibrated=False)[val_rows]
-    # A model that gives every image the same probabilities ranks nothing (every AUC 0.5).
-    # Seen with `seed` at 1,024 px on the JAX backend (an H200): its 134M-weight dense layer
-    # blew up at rate 1e-3 and the output saturated in all five CV folds. Say so now rather
-    # than let the user find AUC 0.5 later.
-    run_config["collapsed"] = bool(len(raw) > 1 and np.ptp(raw, axis=0).max() <= 1e-6)
-    if run_config["collapsed"]:
+    calibrated, calibration, collapsed = _calibrate(run_dir, x_val, val_rows, y_val,
+                                                    class_names)
+    run_config["collapsed"] = collapsed
+    if collapsed:
         logger.warning(
             "%s: the kept model gives every validation image the same probabilities (it "
             "collapsed; validation loss %.2f), so it cannot rank images. Train again with "
             "a lower --learning-rate (e.g. %g), or for a large --image-size a preset with "
             "global pooling (mammo_net, resnet_small, efficientnet_lite0).", run_dir,
             val_losses[kept_epoch - 1], learning_rate / 10)
-    temperature = fit_temperature(y_val, raw)
-    calibrated = apply_temperature(raw, temperature)
-    thresholds = {
-        task: threshold_at_specificity(truth, score)
-        for task, (truth, score, _) in binary_tasks(y_val, calibrated, class_names).items()
-    }
-    run_config["calibration"] = {
-        "method": "temperature scaling fitted on the validation split",
-        "temperature": temperature,
-        "validation_nll_before": negative_log_likelihood(y_val, raw),
-        "validation_nll_after": negative_log_likelihood(y_val, calibrated),
-        "thresholds": {task: value for task, value in thresholds.items() if value is not None},
-        "thresholds_rule": "lowest score threshold with >= 90% specificity on validation",
-    }
+    run_config["calibration"] = calibration
     save_json(run_config, run_dir / "config.json")
     write_evaluation(
         run_dir / "evaluation" / "validation",
