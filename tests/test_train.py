@@ -185,9 +185,9 @@ def test_focal_loss_and_cosine_schedule() -> None:
 
     config = TrainConfig(model="seed", data_dir="", out="", epochs=5, learning_rate=0.01,
                          lr_schedule="cosine", loss="focal")
-    schedule = _optimizer(config, config.learning_rate, steps_per_epoch=4).learning_rate
+    schedule = _optimizer(config, config.learning_rate, total_steps=20).learning_rate
     assert float(schedule) == pytest.approx(0.01)  # at step 0
-    decay = _optimizer(config, 0.01, 4)._learning_rate
+    decay = _optimizer(config, 0.01, 20)._learning_rate
     assert float(decay(10)) == pytest.approx(0.005, rel=1e-4)  # half way: half the rate
     assert float(decay(20)) == pytest.approx(0.0, abs=1e-7)
     # focal loss (gamma 2) of a prediction p for the true class is -(1 - p)^2 log p
@@ -232,11 +232,18 @@ def test_pretrained_preset_fine_tunes_on_real_films_at_a_tenth_of_the_rate(
     from tumor_classifier.efficientnet_lite import imagenet_weights_path, read_torch_state_dict
     from tumor_classifier.predict import Classifier
 
+    # one batch per epoch: the default number of epochs is what is tested
     run_dir = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r"),
-                                model="efficientnet_lite0", epochs=1, image_size=64,
-                                batch_size=4, workers=1))
+                                model="efficientnet_lite0", image_size=64, batch_size=4,
+                                steps_per_epoch=1, validation_steps=1, workers=1))
     config = json.loads((run_dir / "config.json").read_text())
     assert config["training"]["learning_rate"] == 1e-4
+    # fine-tuning takes 20 epochs by default, training from scratch 10
+    assert config["training"]["epochs"] == config["epochs_run"] == 20
+    scratch = train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "s"),
+                                model="seed", image_size=32, steps_per_epoch=1,
+                                validation_steps=1, workers=1))
+    assert json.loads((scratch / "config.json").read_text())["epochs_run"] == 10
     assert config["training"]["weights"] == "imagenet"
     classifier = Classifier.load(run_dir)
     # Fine-tuned, but the frozen BatchNormalization still holds the ImageNet statistics.

@@ -48,7 +48,9 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
     parser.add_argument("--image-size", type=int, default=None,
                         help="square input side (default: 128 for seed, 256 for the other "
                         "presets)")
-    for name, kind in (("channels", int), ("epochs", int),
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="default: 10, or 20 when fine-tuning pretrained weights")
+    for name, kind in (("channels", int),
                        ("batch_size", int), ("seed", int),
                        ("workers", int), ("patch_pretrain_epochs", int)):
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind,

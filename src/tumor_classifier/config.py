@@ -95,7 +95,10 @@ class TrainConfig:
     # validation film and the preset trains from scratch on whole images; off otherwise
     # (plain class folders say nothing of pairs). Measured on mini-MIAS in the README.
     other_breast: bool | None = None
-    epochs: int = 10
+    # None: 10 (the original project's count), or 20 when a preset starts from pretrained
+    # weights: fine-tuning at a tenth of the rate takes more steps (README, "How long to
+    # fine-tune").
+    epochs: int | None = None
     batch_size: int = 32
     # None: 1e-3, or 1e-4 when a preset starts from pretrained weights (fine-tuning at a
     # tenth of the rate keeps the ImageNet features instead of overwriting them).
