@@ -68,10 +68,21 @@ def test_model_randomisation_changes_the_heat_map(trained_run: Path,
 
 
 @pytest.mark.slow
-def test_lesion_hit_rate_on_real_annotations(trained_run: Path, prepared_mias: Path) -> None:
-    result = lesion_hit_rate(Classifier.load(trained_run), prepared_mias, "test")
+def test_lesion_hit_rate_on_real_annotations(trained_run: Path, prepared_mias: Path,
+                                            tmp_path: Path) -> None:
+    classifier = Classifier.load(trained_run)
+    result = lesion_hit_rate(classifier, prepared_mias, "test")
     assert result["films"] > 5
     assert 0.0 <= result["hit_rate"] <= 1.0 and 0.0 < result["chance"] < 0.2
+    # a dataset of links to the same films (as cv's folds are) finds the same lesions
+    linked = tmp_path / "linked"
+    for film in (prepared_mias / "test").rglob("*.png"):
+        target = linked / film.relative_to(prepared_mias)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(film)
+    (linked / "annotations.csv").write_text(
+        (prepared_mias / "annotations.csv").read_text(encoding="utf-8"), encoding="utf-8")
+    assert lesion_hit_rate(classifier, linked, "test") == result
 
 
 @pytest.mark.slow

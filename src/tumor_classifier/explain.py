@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .data import list_images
 from .imaging import find_breast, to_grey
 from .patches import load_annotations
 
@@ -157,10 +158,12 @@ def lesion_hit_rate(classifier: Any, data_dir: Path, split: str = "test") -> dic
     coordinates, and a hit is a peak inside any of the film's circles. `chance` is the mean
     share of the film covered by its circles: the hit rate of a peak placed at random.
     """
-    split_dir = (Path(data_dir) / split).resolve()
+    # load_annotations keys files by their resolved path; resolve the split's files too,
+    # so that a dataset of links (cv's folds, `prepare folders`) finds its own films.
+    in_split = {path.resolve() for path in list_images(Path(data_dir) / split)[0]}
     hits, chance = [], []
     for path, marks in sorted(load_annotations(data_dir).items()):
-        if not path.is_relative_to(split_dir):
+        if path not in in_split:
             continue
         image, model_input = classifier.read(path)
         probabilities = classifier.predict_batch(model_input[np.newaxis])[0]
