@@ -76,6 +76,39 @@ def test_cache_is_reused_and_rebuilt_for_exactly_the_changed_files(
     assert len(decoded) == 6
 
 
+def test_another_folder_of_links_to_the_same_files_decodes_nothing_again(
+    films: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As cross-validation's folds do: each fold's folder links to the one dataset.
+    first, second = tmp_path / "fold1", tmp_path / "fold2"
+    for folder in (first, second):
+        folder.mkdir()
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a png")
+    for film in [*films[:4], bad]:
+        (first / film.name).symlink_to(film)
+    for film in [*films[2:6], bad]:
+        (second / film.name).symlink_to(film)
+    decoded = _counting_decoder(monkeypatch)
+    one = cache_images(first, sorted(first.iterdir()), 32, 1, tmp_path / "cache", workers=1)
+    assert len(decoded) == 5
+    decoded.clear()
+    files = sorted(second.iterdir())
+    two = cache_images(second, files, 32, 1, tmp_path / "cache", workers=1)
+    # only the two films fold 1 did not have, and the unreadable file, whose message names
+    # the file under this folder
+    assert sorted(decoded) == sorted([films[4].name, films[5].name, "bad.png"])
+    assert two.path.parent != one.path.parent
+    bad_row = [file.name for file in files].index("bad.png")
+    assert list(two.failures) == [bad_row] and str(second) in two.failures[bad_row]
+    for row, file in enumerate(files):
+        if row != bad_row:
+            np.testing.assert_array_equal(two[row], load_model_input(file, 32, 1))
+    decoded.clear()
+    cache_images(second, files, 48, 1, tmp_path / "cache", workers=1)
+    assert len(decoded) == 5  # other preprocessing: nothing to reuse
+
+
 def test_unwritable_cache_folder_is_a_clear_error(films: list[Path], tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")

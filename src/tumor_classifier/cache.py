@@ -4,7 +4,9 @@ and runs, and rebuilt for exactly the files that changed.
 One cache entry per (dataset folder, preprocessing): a raw float32 array file
 (n, size, size, channels) plus `index.json` listing each file's path, size and modification
 time (and, for unreadable files, the error). The array is written under a new name and the
-index renamed into place last, so a half-written cache is never used. Batches are read with
+index renamed into place last, so a half-written cache is never used. A new entry copies
+the rows of any other entry with the same preprocessing that holds the same resolved file
+(cross-validation's folds link to one dataset), and decodes only the rest. Batches are read with
 `os.pread` rather than a memory map: the kernel's page cache makes repeated epochs fast while
 the process's own memory stays bounded, whatever the dataset's size.
 """
@@ -109,6 +111,30 @@ def _decode(task: tuple[str, int, int, bool]) -> np.ndarray | str:
         return str(error)
 
 
+def _entries_elsewhere(cache_dir: Path, folder: Path, settings: dict[str, Any]
+                       ) -> dict[tuple[Any, ...], tuple[Path, int, str | None]]:
+    """signature -> (array file, row, None) for the readable images of every other cache
+    folder under `cache_dir` whose preprocessing (all settings but the dataset folder) is
+    `settings`'."""
+    wanted = {key: value for key, value in settings.items() if key != "root"}
+    found: dict[tuple[Any, ...], tuple[Path, int, str | None]] = {}
+    for index_path in sorted(cache_dir.glob("*/index.json")):
+        if index_path.parent == folder:
+            continue
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+            theirs = {key: value for key, value in index["settings"].items() if key != "root"}
+            if theirs != wanted:
+                continue
+            array = index_path.parent / index["array"]
+            for row, entry in enumerate(index["entries"]):
+                if not entry.get("error"):  # an error names the file as that dataset did
+                    found.setdefault(tuple(entry["signature"]), (array, row, None))
+        except (ValueError, KeyError, TypeError, OSError):
+            continue  # another process's half-written or foreign file: decode instead
+    return found
+
+
 def _write_rows(file: int, row_bytes: int, row: int, images: np.ndarray) -> None:
     data = np.ascontiguousarray(images, np.float32).tobytes()
     written = os.pwrite(file, data, row * row_bytes)
@@ -141,7 +167,8 @@ def cache_images(
     row_bytes = image_size * image_size * channels * 4
     signatures = [_signature(Path(path).resolve()) for path in files]
 
-    old_rows: dict[tuple[Any, ...], tuple[int, str | None]] = {}
+    # signature -> (array file, row, error) of every entry this folder's cache holds
+    old_rows: dict[tuple[Any, ...], tuple[Path, int, str | None]] = {}
     old_array: Path | None = None
     index_path = folder / "index.json"
     if index_path.is_file():
@@ -150,20 +177,27 @@ def cache_images(
             if index["settings"] == settings and (folder / index["array"]).is_file():
                 old_array = folder / index["array"]
                 for row, entry in enumerate(index["entries"]):
-                    old_rows[tuple(entry["signature"])] = (row, entry.get("error"))
+                    old_rows[tuple(entry["signature"])] = (old_array, row, entry.get("error"))
         except (ValueError, KeyError, OSError):
             logger.warning("%s: cache index unreadable; rebuilding this cache", index_path)
 
     reuse = [old_rows.get(tuple(signature)) for signature in signatures]
-    todo = [row for row, found in enumerate(reuse) if found is None]
-    if not todo and old_array is not None and len(old_rows) == len(files) and all(
-        found is not None and found[0] == row for row, found in enumerate(reuse)
+    if old_array is not None and len(old_rows) == len(files) and all(
+        found is not None and found[1] == row for row, found in enumerate(reuse)
     ):
         return CachedImages(old_array, shape, {
-            row: found[1] for row, found in enumerate(reuse) if found is not None and found[1]
+            row: found[2] for row, found in enumerate(reuse) if found is not None and found[2]
         })
+    if any(found is None for found in reuse):
+        # Signatures name the resolved file, so another folder's cache with the same
+        # preprocessing holds the same decoded images: cross-validation's folds (links to
+        # one dataset) and a dataset linked or split again decode each image once.
+        others = _entries_elsewhere(cache_dir, folder, settings)
+        reuse = [found or others.get(tuple(signature))
+                 for found, signature in zip(reuse, signatures, strict=True)]
     if old_rows:
-        logger.info("cache %s: %d of %d images changed or new", folder, len(todo), len(files))
+        logger.info("cache %s: %d of %d images changed or new", folder,
+                    sum(found is None for found in reuse), len(files))
 
     array_name = f"images-{uuid.uuid4().hex[:12]}.f32"
     try:
@@ -176,18 +210,27 @@ def cache_images(
         ) from error
     failures: dict[int, str] = {}
     try:
-        if old_array is not None:
-            source = os.open(old_array, os.O_RDONLY)
+        by_array: dict[Path, list[tuple[int, int, str | None]]] = {}
+        for row, found in enumerate(reuse):
+            if found is not None:
+                by_array.setdefault(found[0], []).append((row, found[1], found[2]))
+        for array, rows in by_array.items():
             try:
-                for row, found in enumerate(reuse):
-                    if found is not None:
-                        data = os.pread(source, row_bytes, found[0] * row_bytes)
-                        os.pwrite(file, data, row * row_bytes)
-                        if found[1]:
-                            failures[row] = found[1]
+                source = os.open(array, os.O_RDONLY)
+            except OSError:  # superseded by another process since its index was read
+                for row, _, _ in rows:
+                    reuse[row] = None
+                continue
+            try:
+                for row, source_row, message in rows:
+                    os.pwrite(file, os.pread(source, row_bytes, source_row * row_bytes),
+                              row * row_bytes)
+                    if message:
+                        failures[row] = message
             finally:
                 os.close(source)
         os.ftruncate(file, len(files) * row_bytes)
+        todo = [row for row, found in enumerate(reuse) if found is None]
         tasks = [(str(files[row]), image_size, channels, crop) for row in todo]
         workers = workers or os.cpu_count() or 1
         progress = tqdm(total=len(tasks), desc=description, unit="image",
