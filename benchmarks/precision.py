@@ -4,7 +4,7 @@ against `--precision mixed`, measured in the same run on the same data.
     python benchmarks/precision.py [--models seed mammo_net] [--size 256] [--images 256]
                                    [--epochs 5] [--repeats 3]
 
-Uses the project's own `train._precision` policy switch (float16 compute on GPUs,
+Uses the project's own `fit.precision_policy` policy switch (float16 compute on GPUs,
 bfloat16 elsewhere) on random images in memory, so only the model's arithmetic is timed.
 Steady-state epoch time is the median over epochs 2..E; each configuration is fitted
 `--repeats` times, alternating, and the median of the repeats is reported.
@@ -26,13 +26,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from pipeline import EpochTimer  # noqa: E402
 
+from tumor_classifier.fit import precision_policy  # noqa: E402
 from tumor_classifier.models import build_model  # noqa: E402
-from tumor_classifier.train import _precision  # noqa: E402
 
 
 def epoch_seconds(model_name: str, precision: str, images: np.ndarray, labels: np.ndarray,
                   epochs: int) -> tuple[float, str]:
-    with _precision(precision) as policy:
+    with precision_policy(precision) as policy:
         keras.utils.set_random_seed(0)
         model = build_model(model_name, images.shape[1:], 3)
         model.compile(optimizer="adam", loss="categorical_crossentropy")

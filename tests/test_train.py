@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tumor_classifier.config import TrainConfig
-from tumor_classifier.train import class_weights, read_history, train
+from tumor_classifier.fit import read_history
+from tumor_classifier.train import class_weights, train
 
 COUNTS = {"BEN": 10, "CAN": 10, "NOR": 80}
 
@@ -178,37 +179,13 @@ def test_an_interrupted_run_resumes_after_its_last_finished_epoch(
     assert config["calibration"]["thresholds"] == pytest.approx(calibration["thresholds"])
 
 
-def test_focal_loss_and_cosine_schedule() -> None:
-    import numpy as np
-
-    from tumor_classifier.train import _loss, _optimizer
-
-    config = TrainConfig(model="seed", data_dir="", out="", epochs=5, learning_rate=0.01,
-                         lr_schedule="cosine", loss="focal")
-    schedule = _optimizer(config, config.learning_rate, total_steps=20).learning_rate
-    assert float(schedule) == pytest.approx(0.01)  # at step 0
-    decay = _optimizer(config, 0.01, 20)._learning_rate
-    assert float(decay(10)) == pytest.approx(0.005, rel=1e-4)  # half way: half the rate
-    assert float(decay(20)) == pytest.approx(0.0, abs=1e-7)
-    # focal loss (gamma 2) of a prediction p for the true class is -(1 - p)^2 log p
-    y_true, y_pred = np.array([[0.0, 1.0, 0.0]]), np.array([[0.2, 0.7, 0.1]])
-    assert float(_loss("focal")(y_true, y_pred)) == pytest.approx(-(0.3 ** 2) * np.log(0.7),
-                                                                  rel=1e-4)
-    assert float(_loss("crossentropy")(y_true, y_pred)) == pytest.approx(-np.log(0.7),
-                                                                         rel=1e-4)
-    with pytest.raises(ValueError, match="--loss 'dice': use crossentropy or focal"):
-        _loss("dice")
-    with pytest.raises(ValueError, match="--lr-schedule 'step': use constant or cosine"):
-        _optimizer(TrainConfig(model="seed", data_dir="", out="", lr_schedule="step"), 0.01, 4)
-
-
 def test_mixed_precision_trains_and_saves_a_float32_model(small_dataset: Path,
                                                            tmp_path: Path) -> None:
     import keras
     import numpy as np
 
+    from tumor_classifier.fit import precision_policy
     from tumor_classifier.predict import Classifier
-    from tumor_classifier.train import _precision
 
     run_dir = train(TrainConfig(model="seed", data_dir=str(small_dataset), out=str(tmp_path / "r"),
                                 epochs=1, image_size=64, batch_size=4, workers=1,
@@ -220,7 +197,7 @@ def test_mixed_precision_trains_and_saves_a_float32_model(small_dataset: Path,
         np.zeros((2, 64, 64, 1), np.float32))
     assert probabilities.dtype != np.float16 and np.allclose(probabilities.sum(axis=1), 1)
     with pytest.raises(ValueError, match="--precision 'half': use float32 or mixed"):
-        with _precision("half"):
+        with precision_policy("half"):
             pass
 
 
@@ -378,29 +355,3 @@ def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
         assert chosen(TrainConfig(data_dir="", out="", **options), paired) == expected
     # --other-breast insists on the pair, so on seed (a missing pair is then an error)
     assert chosen(TrainConfig(data_dir="", out="", other_breast=True), single) == "seed"
-
-
-def test_a_resumed_run_stops_early_where_the_uninterrupted_run_would() -> None:
-    import keras
-
-    from tumor_classifier.train import early_stopping
-
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    losses = [1.0, 0.8, 0.9, 0.8, 0.95, 0.7, 0.75, 0.72, 0.71, 0.74, 0.69, 0.7]
-
-    def stopping_epoch(stopper: Any, first_epoch: int) -> int | None:
-        stopper.set_model(model)
-        model.stop_training = False
-        stopper.on_train_begin()
-        for epoch in range(first_epoch, len(losses)):
-            stopper.on_epoch_end(epoch, {"val_loss": losses[epoch]})
-            if model.stop_training:
-                return epoch
-        return None
-
-    for patience in (1, 2, 3):
-        uninterrupted = stopping_epoch(early_stopping(patience), 0)
-        assert uninterrupted is not None
-        for finished in range(1, uninterrupted + 1):  # interrupted after `finished` epochs
-            resumed = stopping_epoch(early_stopping(patience, losses[:finished]), finished)
-            assert resumed == uninterrupted, (patience, finished)

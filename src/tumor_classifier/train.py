@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import dataclasses
 import datetime
 import logging
 import math
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +25,7 @@ from .cache import (
 )
 from .config import TrainConfig, class_index, save_json
 from .data import (
-    Batches,
     ImageFolder,
-    as_dataset,
     other_breasts,
     pair_with_other_breasts,
     scan_folder,
@@ -37,6 +33,7 @@ from .data import (
 )
 from .distribute import distribution_scope
 from .evaluate import describe_near_copies, patient_groups, write_evaluation
+from .fit import build_loss, build_optimizer, fit, precision_policy, read_history
 from .metrics import (
     apply_temperature,
     binary_tasks,
@@ -108,24 +105,6 @@ def choose_model(config: TrainConfig, pairable: bool) -> str:
     return model
 
 
-def early_stopping(patience: int, previous_losses: Sequence[float] = ()) -> Any:
-    """Keras' EarlyStopping on the validation loss. A resumed run passes the validation
-    losses of its finished epochs: the count then goes on from the best of them, so the run
-    stops at the epoch where the uninterrupted run would have."""
-    import keras
-
-    finite = [(loss, epoch) for epoch, loss in enumerate(previous_losses) if math.isfinite(loss)]
-
-    class ResumedEarlyStopping(keras.callbacks.EarlyStopping):
-        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-            super().on_train_begin(logs)
-            if finite:  # the first of equal losses, as EarlyStopping's strict "<" keeps
-                self.best, best_epoch = min(finite)
-                self.wait = len(previous_losses) - 1 - best_epoch
-
-    return ResumedEarlyStopping(monitor="val_loss", patience=patience)
-
-
 def _load_split(
     folder: ImageFolder, config: TrainConfig, name: str
 ) -> tuple[CachedImages | WithOtherBreast, np.ndarray, np.ndarray, list[Path], list[str]]:
@@ -167,120 +146,6 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _fit(model: Any, config: TrainConfig, x_train: CachedImages | WithOtherBreast,
-         train_rows: np.ndarray, y_train: np.ndarray, x_val: CachedImages | WithOtherBreast,
-         val_rows: np.ndarray, y_val: np.ndarray,
-         num_classes: int, weights: dict[int, float] | None, run_dir: Path,
-         devices: int) -> None:
-    """`model.fit` on the cached images with the checkpoint, history, early stopping and the
-    backups that --resume goes on from."""
-    import keras
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = run_dir / "model.keras"
-    finished = resume.finished_epochs(run_dir) if config.resume else 0
-    best_so_far, previous_losses = None, []
-    if finished:
-        resume.truncate_history(run_dir, finished)
-        previous_losses = read_history(run_dir).get("val_loss", [])
-        losses = [loss for loss in previous_losses if math.isfinite(loss)]
-        best_so_far = min(losses) if losses else None
-        logger.info("resuming %s after epoch %d of %d", run_dir, finished, config.epochs)
-    callbacks: list[Any] = [
-        *resume.backup_callbacks(run_dir),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=bool(finished)),
-        # A NaN loss never recovers: stop there (the checkpoint keeps the best finite epoch).
-        keras.callbacks.TerminateOnNaN(),
-    ]
-    if config.keep == "best":  # "last" saves once after fit, not at every epoch
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            checkpoint, monitor="val_loss", save_best_only=True,
-            initial_value_threshold=best_so_far))
-    if config.patience is not None:
-        callbacks.append(early_stopping(config.patience, previous_losses))
-    # Validation: the whole split in order every epoch, or with --validation-steps the same
-    # seeded random subset (files are sorted by class, so a plain prefix would be one class).
-    val_subset = np.arange(len(val_rows))
-    if config.validation_steps is not None:
-        count = min(len(val_rows), config.validation_steps * config.batch_size)
-        val_subset = np.sort(
-            np.random.default_rng(config.seed).permutation(len(val_rows))[:count]
-        )
-    if devices > 1:
-        # Every batch, the last of a pass included, must split evenly over the devices
-        # (the batch size is a multiple of them): leave out the last few images if needed.
-        keep = len(train_rows) - len(train_rows) % devices
-        train_rows, y_train = train_rows[:keep], y_train[:keep]
-        val_subset = val_subset[: len(val_subset) - len(val_subset) % devices]
-    train_batches = Batches(x_train, train_rows, y_train, num_classes, config.batch_size,
-                            weights, config.seed, config.steps_per_epoch,
-                            balanced=config.sampling == "balanced")
-    callbacks.append(keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs=None: train_batches.set_epoch(epoch)))
-    model.fit(
-        as_dataset(train_batches),
-        epochs=config.epochs,
-        # No steps_per_epoch: each epoch iterates the (finite) feed once, exactly
-        # len(train_batches) batches; with it Keras would keep one iterator across epochs.
-        # Batches shuffles (seeded, per pass); Keras' own shuffle would only reorder the
-        # batches again on JAX and PyTorch, and warns on TensorFlow that it cannot.
-        shuffle=False,
-        validation_data=as_dataset(Batches(x_val, val_rows[val_subset], y_val[val_subset],
-                                           num_classes, config.batch_size, seed=None)),
-        callbacks=callbacks,
-        verbose=2,  # one line per epoch
-    )
-    if config.keep == "last":
-        model.save(checkpoint)
-
-
-@contextlib.contextmanager
-def _precision(precision: str) -> Iterator[str]:
-    """Keras' dtype policy for building and training: "float32", or with "mixed" float16
-    compute on GPUs (Keras then scales the loss) and bfloat16 elsewhere (CPUs and TPUs
-    with bfloat16 units), variables in float32 either way. Restored afterwards."""
-    import keras
-
-    if precision not in ("float32", "mixed"):
-        raise ValueError(f"--precision {precision!r}: use float32 or mixed.")
-    policy = "float32"
-    if precision == "mixed":
-        # "gpu:0" (JAX), "/device:GPU:0" (TensorFlow), "cuda:0" (PyTorch)
-        gpu = any("gpu" in device or "cuda" in device for device in
-                  (str(d).lower() for d in keras.distribution.list_devices()))
-        policy = "mixed_float16" if gpu else "mixed_bfloat16"
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield policy
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def _optimizer(config: TrainConfig, learning_rate: float, total_steps: int) -> Any:
-    """Adam at a constant rate, or decayed along a cosine to 0 over all `total_steps`."""
-    import keras
-
-    if config.lr_schedule == "cosine":
-        return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=total_steps))
-    if config.lr_schedule != "constant":
-        raise ValueError(f"--lr-schedule {config.lr_schedule!r}: use constant or cosine.")
-    return keras.optimizers.Adam(learning_rate)
-
-
-def _loss(name: str) -> Any:
-    """Cross-entropy, or focal loss (Lin et al., 2017: gamma 2 down-weights the examples
-    the model already gets right, an alternative to class weights for rare classes)."""
-    import keras
-
-    if name == "focal":
-        return keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=2.0)
-    if name != "crossentropy":
-        raise ValueError(f"--loss {name!r}: use crossentropy or focal.")
-    return keras.losses.CategoricalCrossentropy()
-
-
 def _calibrate(run_dir: Path, x_val: CachedImages | WithOtherBreast, val_rows: np.ndarray,
                y_val: np.ndarray, class_names: tuple[str, ...]
                ) -> tuple[np.ndarray, dict[str, Any], bool]:
@@ -315,26 +180,10 @@ def _calibrate(run_dir: Path, x_val: CachedImages | WithOtherBreast, val_rows: n
     }, collapsed
 
 
-def train(config: TrainConfig) -> Path:
-    """Train a model on `config.data_dir/{train,validation}` and write a run directory.
+def _check_options(config: TrainConfig) -> None:
+    """Refuse option values that cannot work, before anything is read."""
+    from .models import PRETRAINED
 
-    The run directory holds `model.keras` (the kept epoch, `config.keep`),
-    `config.json`, `history.csv`, `plots/history.png` and the evaluation of the validation
-    split under `evaluation/validation/`.
-
-    Raises:
-        ValueError: unreadable images (unless `skip_unreadable`), a malformed dataset or a
-            bad option.
-        FileExistsError: the run directory already holds a model.
-    """
-    import keras
-
-    from .models import PRETRAINED, build_model, freeze_batch_norm
-    from .patches import pretrain_on_lesions
-
-    data_dir, run_dir = Path(config.data_dir), Path(config.out)
-    resume.check(config, run_dir)
-    requested = config  # as given: what --resume must repeat
     for name, value in (("epochs", config.epochs), ("batch_size", config.batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
@@ -346,6 +195,19 @@ def train(config: TrainConfig) -> Path:
         raise ValueError("--other-breast needs a preset trained from scratch on whole images "
                          "(seed, seed_augmented, mammo_net, mammo_mil, resnet_small), without "
                          "--patch-pretrain-epochs.")
+    if config.keep not in ("best", "last"):
+        raise ValueError(f"--keep {config.keep!r}: use best or last.")
+    if config.sampling not in ("shuffle", "balanced"):
+        raise ValueError(f"--sampling {config.sampling!r}: use shuffle or balanced.")
+
+
+def _scan_splits(data_dir: Path) -> tuple[ImageFolder, ImageFolder]:
+    """The training and validation splits of `data_dir`, under any of the names
+    `config.SPLIT_NAMES` gives them.
+
+    Raises:
+        FileNotFoundError: no training or no validation split, naming the way out.
+    """
     splits = split_folders(data_dir)
     train_dir, validation_dir = splits.get("train"), splits.get("validation")
     if data_dir.is_dir() and train_dir is None:
@@ -369,6 +231,16 @@ def train(config: TrainConfig) -> Path:
     if (train_dir, validation_dir) != (data_dir / "train", data_dir / "validation"):
         logger.info("splits: %s/ for training, %s/ for validation",
                     train_folder.root.name, validation_folder.root.name)
+    return train_folder, validation_folder
+
+
+def _fill_defaults(config: TrainConfig, train_folder: ImageFolder,
+                   validation_folder: ImageFolder) -> tuple[TrainConfig, str | None]:
+    """`config` with what was left to the defaults resolved for these splits (config.json
+    records what was used), and the backbone weights to build the model with (None: random).
+    """
+    from .models import PRETRAINED
+
     pairable = can_pair(config, train_folder.files, validation_folder.files)
     if config.model == "auto":
         config = dataclasses.replace(config, model=choose_model(config, pairable))
@@ -383,12 +255,51 @@ def train(config: TrainConfig) -> Path:
             logger.info("every film's other breast is named (split.csv or LEFT/RIGHT in the "
                         "file names): the model sees both (--no-other-breast for one film "
                         "at a time).")
+    backbone_weights = config.weights
+    if config.model in PRETRAINED:  # default ImageNet; "none" = random initialisation
+        backbone_weights = {None: "imagenet", "none": None}.get(backbone_weights,
+                                                                backbone_weights)
+    elif backbone_weights == "none":
+        backbone_weights = None
+    learning_rate = config.learning_rate
+    if learning_rate is None:
+        learning_rate = 1e-3 if backbone_weights is None else 1e-4
+    epochs = config.epochs
+    if epochs is None:
+        # Fine-tuning at a tenth of the rate takes more steps: efficientnet_lite0 from
+        # ImageNet scored higher at 20 epochs than at 10 on lesion patches (README,
+        # "How long to fine-tune"). From scratch, 10, as the original project trained.
+        epochs = 10 if backbone_weights is None else 20
+    config = dataclasses.replace(config, learning_rate=learning_rate, epochs=epochs,
+                                 weights=backbone_weights or config.weights)
+    return config, backbone_weights
+
+
+def train(config: TrainConfig) -> Path:
+    """Train a model on `config.data_dir/{train,validation}` and write a run directory.
+
+    The run directory holds `model.keras` (the kept epoch, `config.keep`),
+    `config.json`, `history.csv`, `plots/history.png` and the evaluation of the validation
+    split under `evaluation/validation/`.
+
+    Raises:
+        ValueError: unreadable images (unless `skip_unreadable`), a malformed dataset or a
+            bad option.
+        FileExistsError: the run directory already holds a model.
+    """
+    import keras
+
+    from .models import build_model, freeze_batch_norm
+    from .patches import pretrain_on_lesions
+
+    data_dir, run_dir = Path(config.data_dir), Path(config.out)
+    resume.check(config, run_dir)
+    requested = config  # as given: what --resume must repeat
+    _check_options(config)
+    train_folder, validation_folder = _scan_splits(data_dir)
+    config, backbone_weights = _fill_defaults(config, train_folder, validation_folder)
     class_names = train_folder.class_names
     weights = class_weights(config.class_weight, train_folder.counts())
-    if config.keep not in ("best", "last"):
-        raise ValueError(f"--keep {config.keep!r}: use best or last.")
-    if config.sampling not in ("shuffle", "balanced"):
-        raise ValueError(f"--sampling {config.sampling!r}: use shuffle or balanced.")
     if config.sampling == "balanced" and weights is not None:
         # Balanced batches already give every class the same weight; class weights on top
         # would count the correction twice.
@@ -426,29 +337,13 @@ def train(config: TrainConfig) -> Path:
     # With the other breast, its image follows the film's own as further channels.
     input_shape = (config.input_size, config.input_size,
                    config.channels * (2 if config.other_breast else 1))
-    backbone_weights = config.weights
-    if config.model in PRETRAINED:  # default ImageNet; "none" = random initialisation
-        backbone_weights = {None: "imagenet", "none": None}.get(backbone_weights,
-                                                                backbone_weights)
-    elif backbone_weights == "none":
-        backbone_weights = None
-    learning_rate = config.learning_rate
-    if learning_rate is None:
-        learning_rate = 1e-3 if backbone_weights is None else 1e-4
-    epochs = config.epochs
-    if epochs is None:
-        # Fine-tuning at a tenth of the rate takes more steps: efficientnet_lite0 from
-        # ImageNet scored higher at 20 epochs than at 10 on lesion patches (README,
-        # "How long to fine-tune"). From scratch, 10, as the original project trained.
-        epochs = 10 if backbone_weights is None else 20
-    # config.json records what was used, not what was left to the defaults.
-    config = dataclasses.replace(config, learning_rate=learning_rate, epochs=epochs,
-                                 weights=backbone_weights or config.weights)
+    learning_rate, epochs = config.learning_rate, config.epochs
+    assert learning_rate is not None and epochs is not None  # resolved by _fill_defaults
     num_classes = len(class_names)
     started = datetime.datetime.now(datetime.UTC)
     normal_index = class_index(class_names, "NOR")
     with distribution_scope(config.distribute, config.batch_size) as devices, \
-            _precision(config.precision) as policy:
+            precision_policy(config.precision) as policy:
         model = build_model(config.model, input_shape, len(class_names), backbone_weights,
                             normal_index)
         # A resumed run whose backup holds weights has had its patch stage already.
@@ -463,11 +358,11 @@ def train(config: TrainConfig) -> Path:
             freeze_batch_norm(model)
             learning_rate /= 10
         steps = config.steps_per_epoch or math.ceil(len(train_rows) / config.batch_size)
-        model.compile(optimizer=_optimizer(config, learning_rate, epochs * steps),
-                      loss=_loss(config.loss), metrics=["accuracy"])
+        model.compile(optimizer=build_optimizer(config, learning_rate, epochs * steps),
+                      loss=build_loss(config.loss), metrics=["accuracy"])
         if not config.resume:
             resume.save_options(requested, run_dir)
-        _fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
+        fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
              num_classes, weights, run_dir, devices)
     history = read_history(run_dir)  # every epoch, those before a --resume included
     val_losses = history["val_loss"]
@@ -559,10 +454,3 @@ def train(config: TrainConfig) -> Path:
     logger.info("kept epoch %d of %d (%s; validation loss %.4f)", kept_epoch, len(val_losses),
                 config.keep, val_losses[kept_epoch - 1])
     return run_dir
-
-
-def read_history(run_dir: Path) -> dict[str, list[float]]:
-    """history.csv as columns."""
-    with (Path(run_dir) / "history.csv").open(encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return {key: [float(row[key]) for row in rows] for key in rows[0]} if rows else {}
