@@ -12,7 +12,7 @@ from tumor_classifier.data import (
     other_breast_rows,
     other_breasts,
     scan_folder,
-    scan_split_folders,
+    scan_pooled,
     split_folders,
 )
 
@@ -45,7 +45,7 @@ def test_split_folders_are_found_under_any_usual_name_and_pooled(tmp_path: Path)
     # Training/ and val/ are splits, not two classes
     with pytest.raises(ValueError, match=r"d: holds split folders \(Training, val\), not class"):
         scan_folder(root)
-    pooled = scan_split_folders(root)
+    pooled = scan_pooled(root)
     assert pooled.class_names == ("BEN", "CAN", "NOR")  # CAN only in val/
     assert pooled.counts() == {"BEN": 2, "CAN": 1, "NOR": 3}
     assert [path.relative_to(root).parts[:2] for path in pooled.files] == [
@@ -53,8 +53,8 @@ def test_split_folders_are_found_under_any_usual_name_and_pooled(tmp_path: Path)
         ("val", "BEN"), ("val", "CAN"), ("val", "NOR")]
     assert [pooled.class_names[label] for label in pooled.labels] == [
         path.relative_to(root).parts[1] for path in pooled.files]
-    with pytest.raises(ValueError, match=r"Training: no split folders"):
-        scan_split_folders(root / "Training")
+    # a folder of class folders is scanned as it is
+    assert scan_pooled(root / "Training") == scan_folder(root / "Training")
 
 
 def test_scan_errors_name_the_folder_and_the_fix(tmp_path: Path) -> None:

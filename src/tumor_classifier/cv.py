@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .config import TrainConfig, load_json, save_json
-from .data import scan_folder, scan_split_folders, split_folders
+from .data import scan_pooled
 from .datasets import join_near_copies, link_file, read_patients, write_csv
 from .evaluate import write_evaluation
 
@@ -50,7 +50,7 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]
     data_dir = Path(data_dir)
     if groups_csv is not None:
         # An already split dataset is pooled: cv makes its own splits.
-        folder = scan_split_folders(data_dir) if split_folders(data_dir) else scan_folder(data_dir)
+        folder = scan_pooled(data_dir)
         patients = read_patients(Path(groups_csv), data_dir, folder.files)
         return [Sample(path, folder.class_names[label], patient)
                 for path, label, patient in zip(folder.files, folder.labels, patients,

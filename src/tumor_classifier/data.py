@@ -86,18 +86,19 @@ def split_folders(root: Path | str) -> dict[str, Path]:
     return {split: folder for split, folder in found.items() if folder is not None}
 
 
-def scan_split_folders(root: Path | str) -> ImageFolder:
-    """Every image of a dataset that is already split (`root/{train,validation,test}/
-    {CLASS}/...`), pooled: the classes of all splits together, each file under its own
-    split folder (`root/validation/BEN/...`).
+def scan_pooled(root: Path | str) -> ImageFolder:
+    """Every image of `root`: its class folders (`scan_folder`), or, for a dataset that is
+    already split (`root/{train,validation,test}/{CLASS}/...`), those of all its splits
+    pooled: the classes of all splits together, each file under its own split folder
+    (`root/validation/BEN/...`).
 
     Raises:
-        ValueError: `root` holds no split folders, or one is malformed (`scan_folder`).
+        FileNotFoundError, ValueError: as `scan_folder`, for `root` or one of its splits.
     """
     root = Path(root)
     splits = split_folders(root)
     if not splits:
-        raise ValueError(f"{root}: no split folders (train/, validation/, test/).")
+        return scan_folder(root)
     names = sorted({path.name for folder in splits.values() for path in folder.iterdir()
                     if path.is_dir() and _visible(path.name)})
     files: list[Path] = []

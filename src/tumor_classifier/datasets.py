@@ -28,7 +28,7 @@ from PIL import Image
 
 from .cache import cache_images, near_copy_pairs, thumbnails
 from .config import SPLITS
-from .data import scan_folder, scan_split_folders, split_folders
+from .data import scan_pooled, split_folders
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def prepare_folders(
             "patient, not as they were. Under DEST each file keeps its old split folder in "
             "its path (DEST/test/BEN/%s/...).", source,
             ", ".join(folder.name for folder in splits.values()), next(iter(splits.values())).name)
-    folder = scan_split_folders(source) if splits else scan_folder(source)
+    folder = scan_pooled(source)
     files = list(folder.files)
     # Each file's path below its class folder: where a patient pattern is searched.
     below = [Path(*path.relative_to(source).parts[2 if splits else 1:]) for path in files]
