@@ -107,6 +107,17 @@ def test_another_folder_of_links_to_the_same_files_decodes_nothing_again(
     decoded.clear()
     cache_images(second, files, 48, 1, tmp_path / "cache", workers=1)
     assert len(decoded) == 5  # other preprocessing: nothing to reuse
+    # a cut-short array (a disk error): its missing rows are decoded, never read as zeros
+    third = tmp_path / "fold3"
+    third.mkdir()
+    for film in films[:2]:
+        (third / film.name).symlink_to(film)
+    os.truncate(one.path, 2 * 32 * 32 * 4)  # fold 1's rows: bad.png, films[0] (cut here)
+    decoded.clear()
+    three = cache_images(third, sorted(third.iterdir()), 32, 1, tmp_path / "cache", workers=1)
+    assert decoded == [films[1].name]
+    for row in (0, 1):
+        np.testing.assert_array_equal(three[row], load_model_input(films[row], 32, 1))
 
 
 def test_unwritable_cache_folder_is_a_clear_error(films: list[Path], tmp_path: Path) -> None:

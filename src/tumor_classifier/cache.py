@@ -223,8 +223,11 @@ def cache_images(
                 continue
             try:
                 for row, source_row, message in rows:
-                    os.pwrite(file, os.pread(source, row_bytes, source_row * row_bytes),
-                              row * row_bytes)
+                    data = os.pread(source, row_bytes, source_row * row_bytes)
+                    if len(data) < row_bytes:  # a truncated array: decode the image instead
+                        reuse[row] = None
+                        continue
+                    os.pwrite(file, data, row * row_bytes)
                     if message:
                         failures[row] = message
             finally:
