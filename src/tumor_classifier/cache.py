@@ -111,27 +111,35 @@ def _decode(task: tuple[str, int, int, bool]) -> np.ndarray | str:
         return str(error)
 
 
+def _read_index(index_path: Path) -> tuple[dict[str, Any], Path, list[dict[str, Any]]]:
+    """A cache entry's settings, array file and entries (signature, error) as `index.json`
+    lists them.
+
+    Raises:
+        ValueError, KeyError, TypeError, OSError: the index is unreadable or malformed.
+    """
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    return dict(index["settings"]), index_path.parent / index["array"], list(index["entries"])
+
+
 def _entries_elsewhere(cache_dir: Path, folder: Path, settings: dict[str, Any]
                        ) -> dict[tuple[Any, ...], tuple[Path, int, str | None]]:
     """signature -> (array file, row, None) for the readable images of every other cache
     folder under `cache_dir` whose preprocessing (all settings but the dataset folder) is
     `settings`'."""
-    wanted = {key: value for key, value in settings.items() if key != "root"}
     found: dict[tuple[Any, ...], tuple[Path, int, str | None]] = {}
     for index_path in sorted(cache_dir.glob("*/index.json")):
         if index_path.parent == folder:
             continue
         try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-            theirs = {key: value for key, value in index["settings"].items() if key != "root"}
-            if theirs != wanted:
-                continue
-            array = index_path.parent / index["array"]
-            for row, entry in enumerate(index["entries"]):
-                if not entry.get("error"):  # an error names the file as that dataset did
-                    found.setdefault(tuple(entry["signature"]), (array, row, None))
+            theirs, array, entries = _read_index(index_path)
         except (ValueError, KeyError, TypeError, OSError):
             continue  # another process's half-written or foreign file: decode instead
+        if {**theirs, "root": None} != {**settings, "root": None}:
+            continue
+        for row, entry in enumerate(entries):
+            if not entry.get("error"):  # an error names the file as that dataset did
+                found.setdefault(tuple(entry["signature"]), (array, row, None))
     return found
 
 
@@ -173,12 +181,12 @@ def cache_images(
     index_path = folder / "index.json"
     if index_path.is_file():
         try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-            if index["settings"] == settings and (folder / index["array"]).is_file():
-                old_array = folder / index["array"]
-                for row, entry in enumerate(index["entries"]):
+            theirs, array, entries = _read_index(index_path)
+            if theirs == settings and array.is_file():
+                old_array = array
+                for row, entry in enumerate(entries):
                     old_rows[tuple(entry["signature"])] = (old_array, row, entry.get("error"))
-        except (ValueError, KeyError, OSError):
+        except (ValueError, KeyError, TypeError, OSError):
             logger.warning("%s: cache index unreadable; rebuilding this cache", index_path)
 
     reuse = [old_rows.get(tuple(signature)) for signature in signatures]
