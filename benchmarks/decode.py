@@ -19,7 +19,8 @@ from pathlib import Path
 
 from synthetic import synthetic_mammogram, write_png16, write_rle_dicom
 
-from tumor_classifier.imaging import preprocess, read_image
+from tumor_classifier.imaging import read_image
+from tumor_classifier.preprocessing import preprocess
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from tumor_classifier.imaging import load_model_input
 from tumor_classifier.models import abnormality_log_odds, build_model
 from tumor_classifier.patches import (
     TISSUE_LEVEL,
@@ -36,6 +35,7 @@ from tumor_classifier.patches import (
     pretrain_on_patches,
     sample_patches,
 )
+from tumor_classifier.preprocessing import load_model_input
 
 CLASSES = ("BEN", "CAN", "NOR")
 SIZE, PATCH, STRIDE, TOP = 256, 64, 16, 3

@@ -31,7 +31,7 @@ from tumor_classifier.cache import (
     find_near_copies,
     thumbnails,
 )
-from tumor_classifier.imaging import load_model_input
+from tumor_classifier.preprocessing import load_model_input
 
 
 def _copies(path: Path) -> dict[str, tuple[str, bytes]]:

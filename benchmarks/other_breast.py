@@ -5,7 +5,7 @@
 
 DATA_DIR is a prepared dataset whose `split.csv` names two films per patient (`prepare
 mini-mias` writes one: the left and right MLO films of each woman). Every film is read once
-(`imaging.load_model_input`, breast crop, each breast flipped chest wall left, so the two
+(`preprocessing.load_model_input`, breast crop, each breast flipped chest wall left, so the two
 breasts of a woman lie the same way round). Two arms, trained and tested on the same folds:
 
 - own film: the `seed` network on the film alone (one channel), as `train` does;
@@ -34,8 +34,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from tumor_classifier.imaging import load_model_input
 from tumor_classifier.models import build_model
+from tumor_classifier.preprocessing import load_model_input
 
 CLASSES = ("BEN", "CAN", "NOR")
 METRICS = ("macro AUC", "CAN vs rest AUC", "abnormal vs normal AUC")

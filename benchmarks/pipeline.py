@@ -34,8 +34,8 @@ from synthetic import synthetic_mammogram, write_png16, write_rle_dicom  # noqa:
 
 from tumor_classifier.cache import cache_images  # noqa: E402
 from tumor_classifier.data import Batches, as_dataset, scan_folder  # noqa: E402
-from tumor_classifier.imaging import load_model_input  # noqa: E402
 from tumor_classifier.models import build_model  # noqa: E402
+from tumor_classifier.preprocessing import load_model_input  # noqa: E402
 
 BATCH = 32
 

@@ -10,7 +10,7 @@ import pytest
 
 from tumor_classifier import cache
 from tumor_classifier.cache import CacheWriteError, cache_images
-from tumor_classifier.imaging import load_model_input
+from tumor_classifier.preprocessing import load_model_input
 
 
 @pytest.fixture

@@ -108,8 +108,8 @@ def test_explicit_steps_and_early_stopping(small_dataset: Path, tmp_path: Path) 
 def test_keep_last_keeps_the_final_epoch_not_the_best(small_dataset: Path,
                                                       tmp_path: Path) -> None:
     from tumor_classifier.data import scan_folder
-    from tumor_classifier.imaging import load_model_input
     from tumor_classifier.predict import Classifier
+    from tumor_classifier.preprocessing import load_model_input
 
     # at this rate the validation loss is lowest at epoch 3 of 4 (1.103, then 1.118)
     options = dict(data_dir=str(small_dataset), model="seed", epochs=4, image_size=32,

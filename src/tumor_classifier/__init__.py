@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from .imaging import ImageReadError, preprocess, read_image  # noqa: E402
+from .imaging import ImageReadError, read_image  # noqa: E402
+from .preprocessing import preprocess  # noqa: E402
 
 __all__ = ["ImageReadError", "__version__", "preprocess", "read_image"]

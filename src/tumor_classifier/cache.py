@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .imaging import ImageReadError, load_model_input
+from .imaging import ImageReadError
+from .preprocessing import load_model_input
 
 logger = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ class TrainConfig:
     # weights file for offline use, or "none" (random initialisation).
     weights: str | None = None
     # Crop to the breast, flip it to one orientation and pad to a square before resizing
-    # (imaging.crop_breast; images without background around them are left whole);
+    # (preprocessing.crop_breast; images without background around them are left whole);
     # --no-crop-breast stretches the whole image, as the original did.
     crop_breast: bool = True
     # Give the model the same woman's other breast (same view) as further input channels,

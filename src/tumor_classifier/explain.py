@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from .data import list_images
-from .imaging import find_breast, to_grey
 from .patches import load_annotations
+from .preprocessing import find_breast, to_grey
 
 
 def find_target_layer(model: Any, name: str | None = None) -> Any:
@@ -99,7 +99,7 @@ def grad_cam(model: Any, model_input: np.ndarray, class_index: int,
 
     Args:
         model: a Keras model (any preset).
-        model_input: (size, size, channels) float32, as `imaging.preprocess` makes it.
+        model_input: (size, size, channels) float32, as `preprocessing.preprocess` makes it.
         class_index: the output to explain (usually the predicted class).
         layer_name: the layer to explain; default: the last one with a 4-D output.
 

@@ -1,7 +1,7 @@
 """Model presets: `build_model(name, input_shape, num_classes)`.
 
 Only Keras layers and `keras.ops`, so every preset runs on the TensorFlow, JAX and PyTorch
-backends. Inputs are float32 images in [0, 1] (see `imaging.preprocess`).
+backends. Inputs are float32 images in [0, 1] (see `preprocessing.preprocess`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ import numpy as np
 
 from .cache import CachedImages, WithOtherBreast
 from .config import TrainConfig, class_index
-from .imaging import ImageReadError, crop_to, find_breast, preprocess, read_image, to_grey
+from .imaging import ImageReadError, read_image
+from .preprocessing import crop_to, find_breast, preprocess, to_grey
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ import numpy as np
 from .cache import CachedImages, WithOtherBreast, near_copy_sources, read_thumbnails, thumbnails
 from .config import load_json
 from .data import list_images, other_breasts
-from .imaging import ImageReadError, Source, preprocess, read_image, read_image_and_metadata
+from .imaging import ImageReadError, Source, read_image, read_image_and_metadata
 from .metrics import apply_temperature
+from .preprocessing import preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class Classifier:
         return result.astype(np.float32)
 
     def preprocess(self, image: np.ndarray, other_breast: np.ndarray | None = None) -> np.ndarray:
-        """`imaging.preprocess` with this model's recorded parameters: the model input.
+        """`preprocessing.preprocess` with this model's recorded parameters: the model input.
 
         A model trained with --other-breast needs `other_breast`, the same woman's other
         film (same view), preprocessed the same way and put behind the image's channels.
