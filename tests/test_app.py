@@ -52,6 +52,14 @@ def test_upload_shows_the_same_probabilities_as_predict(
     assert app.subheader[0].value.startswith(f"{film.name}: ")
     assert len(app.image) == 1
     assert not app.main.warning  # a test film: the model never saw it
+    app.checkbox[0].check().run()  # test-time augmentation: the mean with the flip
+    with_flip = Classifier.load(trained_run, tta=True).predict([film])[0].probabilities
+    shown = _probabilities(app.table[0])
+    for name, value in with_flip.items():
+        assert shown[name] == pytest.approx(value, abs=1e-6)
+    assert max(abs(with_flip[name] - value) for name, value in
+               expected.probabilities.items()) > 1e-5  # the flip changes them
+    app.checkbox[0].uncheck().run()
 
     trained = sorted((prepared_mias / "train" / "CAN").glob("*.png"))[0]
     app.file_uploader[0].set_value((trained.name, trained.read_bytes(), "image/png")).run()

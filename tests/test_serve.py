@@ -43,6 +43,16 @@ def test_predict_matches_the_cli_and_heatmap_is_a_png(client: TestClient, traine
         assert body["probabilities"][name] == pytest.approx(value, abs=1e-6)
     assert body["model"]["name"] == "seed" and body["dicom"] is None
     assert body["near_copy_of"] is None  # a test film
+    # ?tta=true: the mean with the top-bottom flip, as `predict --tta`; this request only
+    flipped = client.post("/v1/predict?tta=true",
+                          files={"file": (film.name, film.read_bytes(), "image/png")}).json()
+    with_flip = Classifier.load(trained_run, tta=True).predict([film])[0].probabilities
+    for name, value in with_flip.items():
+        assert flipped["probabilities"][name] == pytest.approx(value, abs=1e-6)
+    assert max(abs(with_flip[name] - value) for name, value in
+               expected.probabilities.items()) > 1e-5  # the flip changes them
+    again = client.post("/v1/predict", files={"file": (film.name, film.read_bytes())}).json()
+    assert again["probabilities"] == body["probabilities"]
     trained = sorted((prepared_mias / "validation" / "NOR").glob("*.png"))[0]
     answer = client.post("/v1/predict", files={"file": ("x.png", trained.read_bytes())})
     assert answer.json()["near_copy_of"] == f"validation image {trained}"

@@ -100,9 +100,10 @@ def _probability_chart(probabilities: dict[str, float]) -> Any:
 
 
 def show_result(classifier: Classifier, name: str, data: bytes, opacity: float,
-                other_breast: tuple[str, bytes] | None = None) -> None:
+                other_breast: tuple[str, bytes] | None = None, tta: bool = False) -> None:
     """Classify one upload and show the decision, probabilities and Grad-CAM; a model
-    trained with --other-breast also gets `other_breast` (name, bytes)."""
+    trained with --other-breast also gets `other_breast` (name, bytes). With `tta`, the
+    probabilities are the mean of the image's and its top-bottom flip's."""
     import io
 
     try:
@@ -114,7 +115,7 @@ def show_result(classifier: Classifier, name: str, data: bytes, opacity: float,
         st.error(str(error))
         return
     model_input = classifier.preprocess(image, other)
-    result = classifier.predict_input(model_input, name, metadata)
+    result = classifier.predict_input(model_input, name, metadata, tta=tta)
     assert result.prediction is not None
     decision = describe_class(result.prediction)
     st.subheader(f"{name}: {decision}")
@@ -131,7 +132,8 @@ def show_result(classifier: Classifier, name: str, data: bytes, opacity: float,
                  caption=f"Grad-CAM for '{result.prediction}' (opacity {opacity:.0%})",
                  width="stretch", clamp=True)
     with right:
-        st.markdown("**Probabilities** (calibrated)")
+        st.markdown("**Probabilities** (calibrated" + (", mean with the top-bottom flip)"
+                                                        if tta else ")"))
         st.altair_chart(_probability_chart(result.probabilities), width="stretch")
         st.table({"class": list(result.probabilities),
                   "description": [describe_class(k) for k in result.probabilities],
@@ -175,6 +177,8 @@ def main() -> None:
             "Upload mammograms (PNG, JPEG, TIFF, PGM or DICOM; nothing is stored)",
             type=UPLOAD_TYPES, accept_multiple_files=True)
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05)
+    # Off by default, as in `evaluate` and `predict` (--tta): it doubles the forward passes.
+    tta = st.checkbox("Test-time augmentation: average with the image flipped top to bottom")
     if not uploads or (classifier.other_breast and other_breast is None):
         st.stop()
     for upload in uploads:
@@ -183,7 +187,7 @@ def main() -> None:
             st.error(f"{upload.name}: over the {MAX_UPLOAD_MB} MB limit; downsample or crop "
                      "the image first.")
             continue
-        show_result(classifier, upload.name, data, opacity, other_breast)
+        show_result(classifier, upload.name, data, opacity, other_breast, tta)
 
 
 # Streamlit runs this file as __main__. The guard keeps other importers (multiprocessing's

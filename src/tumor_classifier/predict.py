@@ -86,7 +86,7 @@ class Classifier:
 
     def predict_batch(self, images: np.ndarray | CachedImages | WithOtherBreast,
                       batch_size: int = 64,
-                      calibrated: bool = True) -> np.ndarray:
+                      calibrated: bool = True, tta: bool | None = None) -> np.ndarray:
         """Class probabilities for preprocessed images (n, size, size, channels).
 
         Uses `predict_on_batch`, the model's compiled inference step, one batch at a time and
@@ -94,17 +94,18 @@ class Classifier:
         TensorFlow, far more than the forward pass of one image), and calling the model
         eagerly runs it uncompiled (9 ms against 2 ms for the seed preset on this CPU).
 
-        With `tta`, the probabilities of the image and its vertical (top-bottom) flip are
-        averaged; with `calibrated`, the run's temperature is applied (it never changes the
-        argmax).
+        With `tta` (None: the classifier's own `tta`), the probabilities of the image and its
+        vertical (top-bottom) flip are averaged; with `calibrated`, the run's temperature is
+        applied (it never changes the argmax).
         """
         if len(images) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
+        tta = self.tta if tta is None else tta
         outputs = []
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size], np.float32)
             probabilities = np.asarray(self.model.predict_on_batch(batch), np.float64)
-            if self.tta:
+            if tta:
                 # Top-bottom, not left-right: the breast crop puts every chest wall on the
                 # left, so a left-right flip shows the model breasts it never saw (measured
                 # on mini-MIAS: macro AUC -0.028 at five seeds of five; top-bottom +0.007),
@@ -159,11 +160,13 @@ class Classifier:
         )
 
     def predict_input(self, model_input: np.ndarray, label: str,
-                      metadata: dict[str, Any] | None = None) -> Prediction:
+                      metadata: dict[str, Any] | None = None,
+                      tta: bool | None = None) -> Prediction:
         """Classify one image already read and preprocessed (`self.preprocess`): for callers
         that also need the pixels (the app and the service show Grad-CAM), so nothing is
-        decoded twice. The same computation as `predict`."""
-        row = self.predict_batch(model_input[np.newaxis])[0]
+        decoded twice. The same computation as `predict`; `tta` as in `predict_batch` (the
+        app and the service share one classifier between users, so each request says)."""
+        row = self.predict_batch(model_input[np.newaxis], tta=tta)[0]
         return self._prediction(label, row, metadata or {},
                                 self._near_copies(model_input[np.newaxis])[0])
 

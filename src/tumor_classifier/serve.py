@@ -1,7 +1,8 @@
 """REST service: `tumor-classifier serve RUN_DIR` (FastAPI on uvicorn).
 
     POST /v1/predict   multipart field `file` (PNG, JPEG, TIFF, PGM or DICOM); `?heatmap=true`
-                       adds the Grad-CAM overlay as a base64 PNG
+                       adds the Grad-CAM overlay as a base64 PNG; `?tta=true` averages
+                       the image's probabilities with its top-bottom flip's
     GET  /v1/model     the model card
     GET  /healthz      liveness
 
@@ -124,6 +125,9 @@ def create_app(run_dir: Path | str) -> FastAPI:
     def predict(
         file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF, PGM or DICOM image")],
         heatmap: Annotated[bool, Query(description="add the Grad-CAM overlay")] = False,
+        tta: Annotated[bool, Query(description="test-time augmentation: average the "
+                                   "probabilities of the image and its top-bottom flip")
+                       ] = False,
         other_breast: Annotated[UploadFile | None, File(
             description="models trained with --other-breast: the same woman's other "
                         "breast (same view)")] = None,
@@ -141,7 +145,7 @@ def create_app(run_dir: Path | str) -> FastAPI:
         except ValueError as error:
             raise HTTPException(400, str(error)) from None
         with lock:
-            result = classifier.predict_input(model_input, name, metadata)
+            result = classifier.predict_input(model_input, name, metadata, tta=tta)
         names = classifier.class_names
         prediction = str(result.prediction)
         response = PredictionResponse(
