@@ -3,12 +3,13 @@
     python benchmarks/near_copies.py PREPARED_MIAS [--image-size 128] [--every 8]
     python benchmarks/near_copies.py --timing 10000 [--image-size 256]
 
-The measurement behind `cache.NEAR_COPY_DISTANCE`, the threshold with which `train` and
-`evaluate` flag images that appear in two splits. Every film of a `prepare mini-mias` folder
-(only read) is turned into its model input (breast crop, the given size) and its thumbnail
-(`cache.thumbnails`); the distance is 1 - the correlation of two thumbnails. Printed: the
-closest pairs of different films, then for every `--every`-th film, how far each kind of
-copy (re-encoded, resized, 16-bit, RGB; made in memory) lies from the film itself.
+The measurement behind `near_copies.NEAR_COPY_DISTANCE`, the threshold with which `train`
+and `evaluate` flag images that appear in two splits. Every film of a `prepare mini-mias`
+folder (only read) is turned into its model input (breast crop, the given size) and its
+thumbnail (`near_copies.thumbnails`); the distance is 1 - the correlation of two
+thumbnails. Printed: the closest pairs of different films, then for every `--every`-th
+film, how far each kind of copy (re-encoded, resized, 16-bit, RGB; made in memory) lies
+from the film itself.
 With `--timing N`: the cost of the check for N decoded images (random pixels in a cache
 file), the thumbnails and all against all, medians of 3 runs.
 """
@@ -25,12 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tumor_classifier.cache import (
-    NEAR_COPY_DISTANCE,
-    CachedImages,
-    find_near_copies,
-    thumbnails,
-)
+from tumor_classifier.cache import CachedImages
+from tumor_classifier.near_copies import NEAR_COPY_DISTANCE, find_near_copies, thumbnails
 from tumor_classifier.preprocessing import load_model_input
 
 

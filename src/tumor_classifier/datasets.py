@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .cache import cache_images, near_copy_pairs, thumbnails
+from .cache import cache_images
 from .config import SPLITS
 from .data import scan_pooled, split_folders
+from .near_copies import near_copy_pairs, thumbnails
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +309,7 @@ def _patients_from_names(pattern: str, names: list[str]) -> list[str]:
 
 def join_near_copies(source: Path, files: Sequence[Path], patients: Sequence[str],
                      workers: int = 0) -> list[str]:
-    """`patients` with the patients of near-copies (`cache.find_near_copies`: the same
+    """`patients` with the patients of near-copies (`near_copies.find_near_copies`: the same
     picture re-saved, re-encoded or resized) joined under the name that sorts first, so no
     split or fold holds one picture on both sides. Images are decoded once at 64 pixels
     with the breast crop (the measured threshold holds there too); unreadable ones are left

@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from .cache import CachedImages, WithOtherBreast, near_copy_sources, read_thumbnails, thumbnails
+from .cache import CachedImages, WithOtherBreast
 from .config import load_json
 from .data import list_images, other_breasts
 from .imaging import ImageReadError, Source, read_image, read_image_and_metadata
 from .metrics import apply_temperature
+from .near_copies import near_copy_sources, read_thumbnails, thumbnails
 from .preprocessing import preprocess
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class Prediction:
     error: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     # "train image FILE" or "validation image FILE" where the image is one the model was
-    # fitted on, or a near-copy of one (`cache.find_near_copies`): no test of the model.
+    # fitted on, or a near-copy of one (`near_copies.find_near_copies`): no test of the model.
     near_copy_of: str | None = None
 
 

@@ -15,14 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, resume
-from .cache import (
-    CachedImages,
-    WithOtherBreast,
-    cache_images,
-    near_copy_sources,
-    save_thumbnails,
-    thumbnails,
-)
+from .cache import CachedImages, WithOtherBreast, cache_images
 from .config import TrainConfig, class_index, save_json
 from .data import (
     ImageFolder,
@@ -41,6 +34,7 @@ from .metrics import (
     negative_log_likelihood,
     threshold_at_specificity,
 )
+from .near_copies import near_copy_sources, save_thumbnails, thumbnails
 from .plots import plot_history, save_figure
 
 logger = logging.getLogger(__name__)
