@@ -11,22 +11,7 @@ import pytest
 
 from tumor_classifier.config import TrainConfig
 from tumor_classifier.fit import read_history
-from tumor_classifier.train import class_weights, train
-
-COUNTS = {"BEN": 10, "CAN": 10, "NOR": 80}
-
-
-def test_class_weights_balanced_none_and_explicit() -> None:
-    balanced = class_weights("balanced", COUNTS)
-    assert balanced == pytest.approx({0: 100 / 30, 1: 100 / 30, 2: 100 / 240})
-    # every class contributes equally to the loss
-    assert balanced[0] * 10 == pytest.approx(balanced[2] * 80)
-    assert class_weights("none", COUNTS) is None
-    assert class_weights("BEN=5,CAN=5,NOR=1", COUNTS) == {0: 5.0, 1: 5.0, 2: 1.0}
-    with pytest.raises(ValueError, match=r"give one positive weight for each class \(BEN, CAN"):
-        class_weights("BEN=5,NOR=1", COUNTS)
-    with pytest.raises(ValueError, match=r"'BEN' is not NAME=NUMBER"):
-        class_weights("BEN,CAN=1,NOR=1", COUNTS)
+from tumor_classifier.train import train
 
 
 def test_each_preset_has_its_own_default_input_size() -> None:
@@ -332,26 +317,3 @@ def test_splits_named_as_public_sets_name_them(small_dataset: Path, tmp_path: Pa
     with pytest.raises(FileNotFoundError, match=r"no validation/ folder beside Training/; "
                        r"training checks each epoch .* \(never on test/\)"):
         train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r2"), epochs=1))
-
-
-def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
-        prepared_mias: Path, small_dataset: Path) -> None:
-    from tumor_classifier.data import scan_folder
-    from tumor_classifier.train import can_pair, choose_model
-
-    def files(root: Path) -> list[tuple[Path, ...]]:
-        return [scan_folder(root / split).files for split in ("train", "validation")]
-
-    auto = TrainConfig(data_dir="", out="")
-    assert auto.model == "auto"
-    paired, single = files(prepared_mias), files(small_dataset)  # split.csv names pairs
-    def chosen(config: TrainConfig, files: list[tuple[Path, ...]]) -> str:
-        return choose_model(config, can_pair(config, *files))
-
-    assert chosen(auto, paired) == "seed"
-    assert chosen(auto, single) == "efficientnet_lite0"
-    for options, expected in (({"other_breast": False}, "efficientnet_lite0"),
-                              ({"patch_pretrain_epochs": 2}, "efficientnet_lite0")):
-        assert chosen(TrainConfig(data_dir="", out="", **options), paired) == expected
-    # --other-breast insists on the pair, so on seed (a missing pair is then an error)
-    assert chosen(TrainConfig(data_dir="", out="", other_breast=True), single) == "seed"

@@ -75,7 +75,7 @@ class TrainConfig:
     # Model preset, see `models.PRESETS` ("seed" is the original project's CNN), or "auto"
     # (the default): `seed` with the other breast where every training and validation
     # film's other breast is named, `efficientnet_lite0` from ImageNet weights otherwise
-    # (`train.choose_model`; config.json records the choice).
+    # (`options.choose_model`; config.json records the choice).
     model: str = "auto"
     # Square side the image is resized to; None: the preset's own (`default_image_size`).
     image_size: int | None = None

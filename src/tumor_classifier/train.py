@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging
 import math
 import platform
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ from .cache import CachedImages, WithOtherBreast, cache_images
 from .config import TrainConfig, class_index, save_json
 from .data import (
     ImageFolder,
-    other_breasts,
     pair_with_other_breasts,
     scan_folder,
     split_folders,
@@ -35,68 +32,10 @@ from .metrics import (
     threshold_at_specificity,
 )
 from .near_copies import near_copy_sources, save_thumbnails, thumbnails
+from .options import check_options, class_weights, fill_defaults
 from .plots import plot_history, save_figure
 
 logger = logging.getLogger(__name__)
-
-
-def class_weights(spec: str, counts: dict[str, int]) -> dict[int, float] | None:
-    """Class weights for `fit` from `--class-weight`.
-
-    "balanced" gives each class the weight n / (k * n_class), so every class contributes
-    equally to the loss (scikit-learn's convention); "none" gives None; "BEN=5,CAN=5,NOR=1"
-    sets them explicitly and must name every class.
-    """
-    names = list(counts)
-    if spec == "none":
-        return None
-    if spec == "balanced":
-        total = sum(counts.values())
-        return {
-            index: total / (len(names) * counts[name]) for index, name in enumerate(names)
-        }
-    weights: dict[str, float] = {}
-    for part in spec.split(","):
-        name, _, value = part.partition("=")
-        name = name.strip()
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise ValueError(
-                f"--class-weight {spec!r}: {part!r} is not NAME=NUMBER; use 'balanced', "
-                "'none' or e.g. 'BEN=5,CAN=5,NOR=1'."
-            ) from None
-    if set(weights) != set(names) or any(value <= 0 for value in weights.values()):
-        raise ValueError(
-            f"--class-weight {spec!r}: give one positive weight for each class "
-            f"({', '.join(names)}), e.g. {','.join(f'{name}=1' for name in names)}."
-        )
-    return {index: weights[name] for index, name in enumerate(names)}
-
-
-def can_pair(config: TrainConfig, train_files: Sequence[Path],
-             validation_files: Sequence[Path]) -> bool:
-    """Whether the options allow the other breast and every training and validation film
-    has its other breast named (split.csv, or LEFT/RIGHT file names)."""
-    return (config.other_breast is not False and not config.patch_pretrain_epochs
-            and all(other_breasts(train_files)) and all(other_breasts(validation_files)))
-
-
-def choose_model(config: TrainConfig, pairable: bool) -> str:
-    """The preset that `--model auto` (the default) trains; `pairable` from `can_pair`.
-
-    `seed` with the other breast where the films can be paired (or --other-breast insists):
-    on mini-MIAS the pair is what lifts it, and no other preset did better there.
-    Otherwise (regions of interest, ultrasound frames, films of one breast)
-    `efficientnet_lite0` from its ImageNet weights, one image at a time: on lesion patches
-    of the same films it scored far higher than `seed` (README, "Which model without the
-    other breast").
-    """
-    model = "seed" if pairable or config.other_breast else "efficientnet_lite0"
-    logger.info("--model auto: %s", "seed" if model == "seed" else (
-        "efficientnet_lite0 from ImageNet weights, one image at a time (not every film's "
-        "other breast is named; --model seed for the original network)"))
-    return model
 
 
 def _load_split(
@@ -174,27 +113,6 @@ def _calibrate(run_dir: Path, x_val: CachedImages | WithOtherBreast, val_rows: n
     }, collapsed
 
 
-def _check_options(config: TrainConfig) -> None:
-    """Refuse option values that cannot work, before anything is read."""
-    from .models import PRETRAINED
-
-    for name, value in (("epochs", config.epochs), ("batch_size", config.batch_size)):
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
-    if config.image_size is not None and config.image_size < 16:
-        raise ValueError(f"--image-size must be at least 16, got {config.image_size}.")
-    if config.other_breast and (config.model in PRETRAINED or config.patch_pretrain_epochs):
-        # Both take one image: ImageNet weights expect one grey or RGB picture, and lesion
-        # patches have no counterpart in the other breast.
-        raise ValueError("--other-breast needs a preset trained from scratch on whole images "
-                         "(seed, seed_augmented, mammo_net, mammo_mil, resnet_small), without "
-                         "--patch-pretrain-epochs.")
-    if config.keep not in ("best", "last"):
-        raise ValueError(f"--keep {config.keep!r}: use best or last.")
-    if config.sampling not in ("shuffle", "balanced"):
-        raise ValueError(f"--sampling {config.sampling!r}: use shuffle or balanced.")
-
-
 def _scan_splits(data_dir: Path) -> tuple[ImageFolder, ImageFolder]:
     """The training and validation splits of `data_dir`, under any of the names
     `config.SPLIT_NAMES` gives them.
@@ -228,47 +146,6 @@ def _scan_splits(data_dir: Path) -> tuple[ImageFolder, ImageFolder]:
     return train_folder, validation_folder
 
 
-def _fill_defaults(config: TrainConfig, train_folder: ImageFolder,
-                   validation_folder: ImageFolder) -> tuple[TrainConfig, str | None]:
-    """`config` with what was left to the defaults resolved for these splits (config.json
-    records what was used), and the backbone weights to build the model with (None: random).
-    """
-    from .models import PRETRAINED
-
-    pairable = can_pair(config, train_folder.files, validation_folder.files)
-    if config.model == "auto":
-        config = dataclasses.replace(config, model=choose_model(config, pairable))
-    config = dataclasses.replace(config, image_size=config.input_size)  # recorded as used
-    if config.other_breast is None:
-        # On where every film can be paired with the other breast of its own split (not
-        # for the presets that take one image), off for plain class folders; config.json
-        # records it.
-        paired = pairable and config.model not in PRETRAINED
-        config = dataclasses.replace(config, other_breast=paired)
-        if paired:
-            logger.info("every film's other breast is named (split.csv or LEFT/RIGHT in the "
-                        "file names): the model sees both (--no-other-breast for one film "
-                        "at a time).")
-    backbone_weights = config.weights
-    if config.model in PRETRAINED:  # default ImageNet; "none" = random initialisation
-        backbone_weights = {None: "imagenet", "none": None}.get(backbone_weights,
-                                                                backbone_weights)
-    elif backbone_weights == "none":
-        backbone_weights = None
-    learning_rate = config.learning_rate
-    if learning_rate is None:
-        learning_rate = 1e-3 if backbone_weights is None else 1e-4
-    epochs = config.epochs
-    if epochs is None:
-        # Fine-tuning at a tenth of the rate takes more steps: efficientnet_lite0 from
-        # ImageNet scored higher at 20 epochs than at 10 on lesion patches (README,
-        # "How long to fine-tune"). From scratch, 10, as the original project trained.
-        epochs = 10 if backbone_weights is None else 20
-    config = dataclasses.replace(config, learning_rate=learning_rate, epochs=epochs,
-                                 weights=backbone_weights or config.weights)
-    return config, backbone_weights
-
-
 def train(config: TrainConfig) -> Path:
     """Train a model on `config.data_dir/{train,validation}` and write a run directory.
 
@@ -289,9 +166,9 @@ def train(config: TrainConfig) -> Path:
     data_dir, run_dir = Path(config.data_dir), Path(config.out)
     resume.check(config, run_dir)
     requested = config  # as given: what --resume must repeat
-    _check_options(config)
+    check_options(config)
     train_folder, validation_folder = _scan_splits(data_dir)
-    config, backbone_weights = _fill_defaults(config, train_folder, validation_folder)
+    config, backbone_weights = fill_defaults(config, train_folder, validation_folder)
     class_names = train_folder.class_names
     weights = class_weights(config.class_weight, train_folder.counts())
     if config.sampling == "balanced" and weights is not None:
@@ -332,7 +209,7 @@ def train(config: TrainConfig) -> Path:
     input_shape = (config.input_size, config.input_size,
                    config.channels * (2 if config.other_breast else 1))
     learning_rate, epochs = config.learning_rate, config.epochs
-    assert learning_rate is not None and epochs is not None  # resolved by _fill_defaults
+    assert learning_rate is not None and epochs is not None  # resolved by fill_defaults
     num_classes = len(class_names)
     started = datetime.datetime.now(datetime.UTC)
     normal_index = class_index(class_names, "NOR")
