@@ -13,11 +13,13 @@ the process's own memory stays bounded, whatever the dataset's size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -309,3 +311,90 @@ class WithOtherBreast:
     def __getitem__(self, index: Any) -> np.ndarray:
         rows = np.arange(len(self.images))[index]
         return np.concatenate([self.images[rows], self.images[self.others[rows]]], axis=-1)
+
+
+# What `tumor-classifier cache` lists and removes. Only files this module writes are ever
+# deleted (an entry's index.json, images-*.f32 arrays and index temporaries), so a cache
+# folder pointed at the wrong place loses nothing else.
+_OWN_FILES = ("index.json", "images-*.f32", "index.json.*.tmp")
+# A file that no index names may be an array another process is writing right now.
+_ABANDONED_AFTER_S = 24 * 3600
+
+
+@dataclass
+class CacheEntry:
+    """One cache folder: the dataset folder and preprocessing it was made for, its images
+    and disk use, and whether it can still be used."""
+
+    folder: Path
+    root: str | None
+    image_size: int | None
+    channels: int | None
+    crop: bool | None
+    images: int
+    bytes: int
+    state: str  # "current", "dataset folder gone", "older preprocessing", "no index"
+    array: Path | None = None  # the array file its index names
+
+    @property
+    def stale(self) -> bool:
+        """Nothing can use it: `prune_cache` removes it."""
+        return self.state in ("dataset folder gone", "older preprocessing")
+
+
+def _own_files(folder: Path) -> list[Path]:
+    return sorted({path for pattern in _OWN_FILES for path in folder.glob(pattern)
+                   if path.is_file() and not path.is_symlink()})
+
+
+def cache_entries(cache_dir: Path | None = None) -> list[CacheEntry]:
+    """Every entry under `cache_dir` (default `default_cache_dir()`), largest first."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    entries = []
+    for folder in sorted(path for path in cache_dir.glob("*") if path.is_dir()):
+        files = _own_files(folder)
+        if not files:
+            continue
+        size = sum(path.stat().st_size for path in files)
+        try:
+            settings, array, rows = _read_index(folder / "index.json")
+            root = str(settings["root"])
+        except (ValueError, KeyError, TypeError, OSError):
+            entries.append(CacheEntry(folder, None, None, None, None, 0, size, "no index"))
+            continue
+        state = ("older preprocessing" if settings.get("version") != PREPROCESSING_VERSION
+                 else "dataset folder gone" if not Path(root).is_dir() else "current")
+        entries.append(CacheEntry(
+            folder, root, settings.get("image_size"), settings.get("channels"),
+            settings.get("crop"), len(rows), size, state, array))
+    return sorted(entries, key=lambda entry: -entry.bytes)
+
+
+def prune_cache(cache_dir: Path | None = None, everything: bool = False) -> tuple[int, int]:
+    """Remove stale entries (their dataset folder is gone, or they hold an older
+    preprocessing), or with `everything` all entries; and files that no index names (an
+    array or index temporary of a stopped process, an unreadable index) once a day old.
+
+    Returns: (entries removed, bytes freed).
+    """
+    now = time.time()
+    removed = freed = 0
+    for entry in cache_entries(cache_dir):
+        files = _own_files(entry.folder)
+        if everything or entry.stale:
+            doomed = files
+        else:
+            named = {"index.json", entry.array.name} if entry.array else set()
+            doomed = [path for path in files if path.name not in named
+                      and now - path.stat().st_mtime > _ABANDONED_AFTER_S]
+        for path in doomed:
+            size = path.stat().st_size
+            try:
+                path.unlink()
+                freed += size
+            except OSError as error:
+                logger.warning("%s: not removed (%s)", path, error.strerror)
+        removed += len(doomed) == len(files)
+        with contextlib.suppress(OSError):  # not empty: something else lives there
+            entry.folder.rmdir()
+    return removed, freed

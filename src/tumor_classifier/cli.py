@@ -194,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="interface to listen on (default: localhost only)")
     serve.add_argument("--port", type=int, default=8000)
 
+    cache = commands.add_parser(
+        "cache", help="list the decoded-image cache; remove what no dataset can use")
+    cache.add_argument("--cache-dir", type=Path, default=None,
+                       help="the cache folder (default: $TUMOR_CLASSIFIER_CACHE or "
+                       "~/.cache/tumor-classifier)")
+    action = cache.add_mutually_exclusive_group()
+    action.add_argument("--prune", action="store_true",
+                        help="remove entries whose dataset folder is gone or whose "
+                        "preprocessing is older than this version's")
+    action.add_argument("--clear", action="store_true",
+                        help="remove every entry (each is rebuilt when next needed)")
+
     app = commands.add_parser("app", help="start the Streamlit app on a trained model")
     app.add_argument("run_dir", type=Path)
     app.add_argument("--port", type=int, default=8501)
@@ -363,6 +375,33 @@ def _app(args: argparse.Namespace) -> int:
     return subprocess.call(command, env=environment)
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from .cache import cache_entries, default_cache_dir, prune_cache
+
+    cache_dir = args.cache_dir or default_cache_dir()
+    if args.prune or args.clear:
+        removed, freed = prune_cache(cache_dir, everything=args.clear)
+        print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({freed / 1e6:.1f} MB) "
+              f"from {cache_dir}")
+    entries = cache_entries(cache_dir)
+    total = sum(entry.bytes for entry in entries)
+    print(f"{cache_dir}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
+          f"{total / 1e6:.1f} MB")
+    if entries:
+        print(f"{'MB':>9} {'images':>7} {'size':>5} {'ch':>3} {'crop':>5}  "
+              f"{'state':<20} dataset folder")
+    for entry in entries:
+        crop = "-" if entry.crop is None else "yes" if entry.crop else "no"
+        print(f"{entry.bytes / 1e6:9.1f} {entry.images:7d} {entry.image_size or '-':>5} "
+              f"{entry.channels or '-':>3} {crop:>5}  {entry.state:<20} "
+              f"{entry.root or entry.folder}")
+    stale = sum(entry.stale for entry in entries)
+    if stale and not args.clear:
+        print(f"{stale} entr{'y' if stale == 1 else 'ies'} no dataset can use: "
+              "`tumor-classifier cache --prune` removes them")
+    return 0
+
+
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow with the process's standard error closed.
 
@@ -401,7 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     handlers = {"prepare": _prepare, "train": _train, "cv": _cv, "evaluate": _evaluate,
-                "predict": _predict, "export": _export, "serve": _serve, "app": _app}
+                "predict": _predict, "export": _export, "serve": _serve, "app": _app,
+                "cache": _cache}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError, CacheWriteError,
