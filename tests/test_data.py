@@ -102,7 +102,8 @@ def test_other_breast_rows_pair_films_and_name_every_problem(tmp_path: Path) -> 
         "train/BEN/a_2.png,BEN,a,train,train/NOR/a_1.png\n"
         "train/NOR/b_1.png,NOR,b,train,train/NOR/b_2.png\n"
         "train/NOR/b_2.png,NOR,b,train,train/NOR/b_1.png\n"
-        "train/CAN/c_1.png,CAN,c,train,\n")
+        "train/CAN/c_1.png,CAN,c,train,\n"
+        "train/NOR/scans/2019/d_1.png,NOR,d,train,train/NOR/scans/2019/d_2.png\n")
     split = tmp_path / "train"
     files = [split / "BEN/a_2.png", split / "CAN/c_1.png", split / "NOR/a_1.png",
              split / "NOR/b_1.png", split / "NOR/b_2.png"]
@@ -114,6 +115,9 @@ def test_other_breast_rows_pair_films_and_name_every_problem(tmp_path: Path) -> 
     assert others[1] == 1 and others[3] == 3  # left pointing at themselves
     assert other_breasts([split / "NOR/a_1.png", tmp_path / "elsewhere.png"]) == [
         (split / "BEN/a_2.png").resolve(), None]
+    # films any depth below their class folder find the dataset's split.csv too
+    assert other_breasts([split / "NOR/scans/2019/d_1.png"]) == [
+        (split / "NOR/scans/2019/d_2.png").resolve()]
     (tmp_path / "split.csv").write_text("file,label,patient_id,split\ntrain/NOR/a_1.png,"
                                         "NOR,a,train\n")
     assert other_breasts(files) == [None] * 5

@@ -235,11 +235,12 @@ def _other_side_name(name: str) -> str | None:
 def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
     """Each file's other breast (the same woman's other film, same view), resolved.
 
-    As the `other_breast` column of the `split.csv` in one of the file's three enclosing
-    folders names it (`DATA/split.csv` for `DATA/test/CAN/film.png`; `prepare mini-mias`
-    writes it); otherwise the one other file among `files` whose name is the file's own
-    with its side swapped (`A_0001_1.LEFT_CC.png` and `A_0001_1.RIGHT_CC.png`, in any class
-    folder; both names unique among `files`); None where neither gives one.
+    As the `other_breast` column of the nearest `split.csv` above the file that names it
+    (`DATA/split.csv` for `DATA/test/CAN/film.png`, or for a film any depth below its class
+    folder; `prepare mini-mias` writes the column); otherwise the one other file among
+    `files` whose name is the file's own with its side swapped (`A_0001_1.LEFT_CC.png` and
+    `A_0001_1.RIGHT_CC.png`, in any class folder; both names unique among `files`); None
+    where neither gives one.
     """
     tables: dict[Path, dict[Path, Path] | None] = {}
     by_name: dict[str, list[Path]] = {}
@@ -249,7 +250,7 @@ def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
     for file in files:
         path = Path(file).absolute()
         other = None
-        for folder in path.parents[:3]:
+        for folder in path.parents:  # each table is read once, and only if it exists
             table = folder / "split.csv"
             if table not in tables:
                 tables[table] = _other_breast_column(table) if table.is_file() else None
