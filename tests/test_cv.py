@@ -38,9 +38,33 @@ def test_cv_refuses_to_split_without_patients(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path) -> None:
-    config = TrainConfig(model="seed", data_dir="", out="", epochs=1, image_size=32, workers=1)
+def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from tumor_classifier import cache
+
+    config = TrainConfig(model="seed", data_dir="", out="", epochs=1, image_size=32, workers=1,
+                         cache_dir=str(tmp_path / "cache"))
     summary = cross_validate(prepared_mias, tmp_path / "cv", config, folds=2)
+    # The decoded images stay in the cache once, not once per fold: fold 1's entries were
+    # removed when fold 2 had copied them, and fold 2's hold every film...
+    entries = cache.cache_entries(tmp_path / "cache")
+    assert sorted(Path(entry.root).name for entry in entries) == ["test", "train",
+                                                                  "validation"]
+    assert all(Path(entry.root).parent == (tmp_path / "cv" / "fold2" / "data").resolve()
+               for entry in entries)
+    assert sum(entry.images for entry in entries) == 240
+    # ...so a dataset of links to the same films decodes none of them again
+    again = tmp_path / "again"
+    again.mkdir()
+    films = sorted(prepared_mias.rglob("*.png"))
+    for film in films:
+        (again / film.name).symlink_to(film)
+    decoded: list[str] = []
+    monkeypatch.setattr(cache, "_decode", lambda task: decoded.append(task[0]))
+    cache.cache_images(again, sorted(again.iterdir()), entries[0].image_size or 0,
+                       entries[0].channels or 0, tmp_path / "cache", workers=1,
+                       crop=bool(entries[0].crop))
+    assert decoded == []
     for fold in (1, 2):
         assert (tmp_path / "cv" / f"fold{fold}" / "run" / "model.keras").is_file()
         assert (tmp_path / "cv" / f"fold{fold}" / "run" / "evaluation" / "test"

@@ -370,6 +370,19 @@ def cache_entries(cache_dir: Path | None = None) -> list[CacheEntry]:
     return sorted(entries, key=lambda entry: -entry.bytes)
 
 
+def _delete(paths: Sequence[Path]) -> int:
+    """Remove `paths` (the cache's own files); the bytes freed."""
+    freed = 0
+    for path in paths:
+        try:
+            size = path.stat().st_size
+            path.unlink()
+            freed += size
+        except OSError as error:
+            logger.warning("%s: not removed (%s)", path, error.strerror)
+    return freed
+
+
 def prune_cache(cache_dir: Path | None = None, everything: bool = False) -> tuple[int, int]:
     """Remove stale entries (their dataset folder is gone, or they hold an older
     preprocessing), or with `everything` all entries; and files that no index names (an
@@ -387,14 +400,25 @@ def prune_cache(cache_dir: Path | None = None, everything: bool = False) -> tupl
             named = {"index.json", entry.array.name} if entry.array else set()
             doomed = [path for path in files if path.name not in named
                       and now - path.stat().st_mtime > _ABANDONED_AFTER_S]
-        for path in doomed:
-            size = path.stat().st_size
-            try:
-                path.unlink()
-                freed += size
-            except OSError as error:
-                logger.warning("%s: not removed (%s)", path, error.strerror)
+        freed += _delete(doomed)
         removed += len(doomed) == len(files)
         with contextlib.suppress(OSError):  # not empty: something else lives there
             entry.folder.rmdir()
     return removed, freed
+
+
+def remove_entries_under(folder: Path, cache_dir: Path | None = None) -> int:
+    """Remove the entries made for dataset folders inside `folder`; the bytes freed.
+
+    `cv` drops a finished fold's entries once the next fold has copied its rows (every
+    fold's train, validation and test hold every image), so the cache keeps about one copy
+    of the dataset instead of one per fold.
+    """
+    inside = Path(folder).resolve()
+    freed = 0
+    for entry in cache_entries(cache_dir):
+        if entry.root is not None and Path(entry.root).is_relative_to(inside):
+            freed += _delete(_own_files(entry.folder))
+            with contextlib.suppress(OSError):
+                entry.folder.rmdir()
+    return freed

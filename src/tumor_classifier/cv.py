@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from .cache import remove_entries_under
 from .config import TrainConfig, load_json, save_json
 from .data import scan_pooled
 from .datasets import join_near_copies, link_file, read_patients, write_csv
@@ -227,6 +228,12 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
                            cache_dir=Path(config.cache_dir) if config.cache_dir else None)
         metrics["train_seconds"] = seconds
         save_json(metrics, done)
+        if fold > 0:
+            # This fold's cache entries copied the previous fold's rows, and hold every
+            # image: the previous fold's are no longer needed (cv's disk use stays about
+            # one decoded copy of the dataset, not one per fold).
+            remove_entries_under(out / f"fold{fold}",
+                                 Path(config.cache_dir) if config.cache_dir else None)
         per_fold.append(metrics)
         _pool(metrics, split[2], samples, in_fold, fold_dir, class_names,
               pooled_probabilities, predicted)
