@@ -62,6 +62,18 @@ def test_a_failing_command_prints_only_its_error_line(tmp_path: Path) -> None:
     assert done.stderr.startswith(f"error: {tmp_path / 'no-run'}")
 
 
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    # `tumor-classifier ... | head -1`: the reader is gone before the output is written.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tumor_classifier.cli", "cache", "--cache-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()
+    error = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1
+    assert error == ""
+
+
 def test_plain_class_folders_are_split_by_patient_before_training(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -443,11 +443,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "predict": _predict, "export": _export, "serve": _serve, "app": _app,
                 "cache": _cache}
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # so that a closed pipe is met here, not at exit
+        return code
     except (ValueError, FileNotFoundError, FileExistsError, CacheWriteError,
             ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, as Python's documentation
+        # advises, instead of a traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
