@@ -202,3 +202,18 @@ def test_cache_command_lists_entries_and_removes_only_what_no_dataset_can_use(
         f"removed 1 entry (0.0 MB) from {cache_dir}", f"{cache_dir}: 0 entries, 0.0 MB"]
     assert sorted(path.name for path in cache_dir.rglob("*")) == [
         made["gone"].path.parent.name, "keep.txt", "notes.txt"]
+
+
+def test_a_file_removed_by_another_process_meanwhile_is_skipped(
+    films: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another process (a second cv, `cache --prune`) may remove a file between the listing
+    # and its use: cv must not fail after a fold because of that.
+    made = cache_images(tmp_path, films[:2], 32, 1, tmp_path / "cache", workers=1)
+    size = made.path.stat().st_size + (made.path.parent / "index.json").stat().st_size
+    listed = cache._own_files
+    monkeypatch.setattr(cache, "_own_files",
+                        lambda folder: [*listed(folder), folder / "images-gone.f32"])
+    assert [entry.bytes for entry in cache.cache_entries(tmp_path / "cache")] == [size]
+    assert cache.remove_entries_under(tmp_path, tmp_path / "cache") == size
+    assert cache.cache_entries(tmp_path / "cache") == []

@@ -347,6 +347,14 @@ def _own_files(folder: Path) -> list[Path]:
                    if path.is_file() and not path.is_symlink()})
 
 
+def _stat(path: Path) -> os.stat_result | None:
+    """None for a file another process removed since it was listed."""
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
 def cache_entries(cache_dir: Path | None = None) -> list[CacheEntry]:
     """Every entry under `cache_dir` (default `default_cache_dir()`), largest first."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -355,7 +363,7 @@ def cache_entries(cache_dir: Path | None = None) -> list[CacheEntry]:
         files = _own_files(folder)
         if not files:
             continue
-        size = sum(path.stat().st_size for path in files)
+        size = sum(found.st_size for found in map(_stat, files) if found)
         try:
             settings, array, rows = _read_index(folder / "index.json")
             root = str(settings["root"])
@@ -370,16 +378,21 @@ def cache_entries(cache_dir: Path | None = None) -> list[CacheEntry]:
     return sorted(entries, key=lambda entry: -entry.bytes)
 
 
-def _delete(paths: Sequence[Path]) -> int:
-    """Remove `paths` (the cache's own files); the bytes freed."""
+def _delete(folder: Path, paths: Sequence[Path]) -> int:
+    """Remove `paths` (the cache's own files) and `folder` if that leaves it empty; the
+    bytes freed."""
     freed = 0
     for path in paths:
+        found = _stat(path)
         try:
-            size = path.stat().st_size
             path.unlink()
-            freed += size
+            freed += found.st_size if found else 0
+        except FileNotFoundError:
+            pass  # another process was first
         except OSError as error:
             logger.warning("%s: not removed (%s)", path, error.strerror)
+    with contextlib.suppress(OSError):  # not empty: something else lives there
+        folder.rmdir()
     return freed
 
 
@@ -398,12 +411,11 @@ def prune_cache(cache_dir: Path | None = None, everything: bool = False) -> tupl
             doomed = files
         else:
             named = {"index.json", entry.array.name} if entry.array else set()
-            doomed = [path for path in files if path.name not in named
-                      and now - path.stat().st_mtime > _ABANDONED_AFTER_S]
-        freed += _delete(doomed)
+            doomed = [path for path, found in zip(files, map(_stat, files), strict=True)
+                      if path.name not in named and found
+                      and now - found.st_mtime > _ABANDONED_AFTER_S]
+        freed += _delete(entry.folder, doomed)
         removed += len(doomed) == len(files)
-        with contextlib.suppress(OSError):  # not empty: something else lives there
-            entry.folder.rmdir()
     return removed, freed
 
 
@@ -418,7 +430,5 @@ def remove_entries_under(folder: Path, cache_dir: Path | None = None) -> int:
     freed = 0
     for entry in cache_entries(cache_dir):
         if entry.root is not None and Path(entry.root).is_relative_to(inside):
-            freed += _delete(_own_files(entry.folder))
-            with contextlib.suppress(OSError):
-                entry.folder.rmdir()
+            freed += _delete(entry.folder, _own_files(entry.folder))
     return freed
