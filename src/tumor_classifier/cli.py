@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="interface to listen on (default: localhost only)")
     serve.add_argument("--port", type=int, default=8000)
 
+    app = commands.add_parser("app", help="start the Streamlit app on a trained model")
+    app.add_argument("run_dir", type=Path)
+    app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--address", default="127.0.0.1",
+                     help="interface to listen on (default: localhost only)")
+
     cache = commands.add_parser(
         "cache", help="list the decoded-image cache; remove what no dataset can use")
     cache.add_argument("--cache-dir", type=Path, default=None,
@@ -205,12 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "preprocessing is older than this version's")
     action.add_argument("--clear", action="store_true",
                         help="remove every entry (each is rebuilt when next needed)")
-
-    app = commands.add_parser("app", help="start the Streamlit app on a trained model")
-    app.add_argument("run_dir", type=Path)
-    app.add_argument("--port", type=int, default=8501)
-    app.add_argument("--address", default="127.0.0.1",
-                     help="interface to listen on (default: localhost only)")
     return parser
 
 
