@@ -22,6 +22,23 @@ def test_every_preset_outputs_probabilities(name: str) -> None:
     np.testing.assert_allclose(output.sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_no_preset_flips_films_left_right_in_training(name: str) -> None:
+    # The breast crop puts every chest wall on the left; a left-right flip would train on
+    # films the model is never shown (resnet_small did until 2026-11-27).
+    import keras
+
+    def layers(model: keras.Layer) -> list[keras.Layer]:
+        inner = getattr(model, "layers", [])
+        return [model, *(layer for child in inner for layer in layers(child))]
+
+    flips = [layer.mode for layer in layers(build_model(name, (64, 64, 1), 3))
+             if isinstance(layer, keras.layers.RandomFlip)]
+    assert all(mode == "vertical" for mode in flips), flips
+    if name not in ("seed", "efficientnet_b0"):  # the presets with augmentation layers
+        assert flips == ["vertical"]
+
+
 def test_unknown_preset_lists_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="Unknown model preset 'vgg'; choose one of seed"):
         build_model("vgg", (64, 64, 1), 3)

@@ -82,14 +82,12 @@ def _residual_block(x: keras.KerasTensor, filters: int, stride: int) -> keras.Ke
 def _resnet_small(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """A small residual network of depthwise-separable convolutions for one-channel images.
 
-    Augmentation (flips, small rotation and zoom, contrast) lives in the model and is active
-    only during `fit`; global average pooling keeps it resolution-independent.
+    Augmentation (`_augment`: vertical flips, small rotation, zoom and translation,
+    contrast) lives in the model and is active only during `fit`; global average pooling
+    keeps it resolution-independent.
     """
     inputs = keras.Input(shape=input_shape)
-    x = layers.RandomFlip("horizontal_and_vertical")(inputs)
-    x = layers.RandomRotation(0.05, fill_mode="constant")(x)
-    x = layers.RandomZoom(0.1, fill_mode="constant")(x)
-    x = layers.RandomContrast(0.2)(x)
+    x = _augment(inputs)
     x = layers.Conv2D(32, 5, strides=2, padding="same", use_bias=False)(x)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     x = layers.Activation("relu")(x)
