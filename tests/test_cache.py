@@ -217,3 +217,32 @@ def test_a_file_removed_by_another_process_meanwhile_is_skipped(
     assert [entry.bytes for entry in cache.cache_entries(tmp_path / "cache")] == [size]
     assert cache.remove_entries_under(tmp_path, tmp_path / "cache") == size
     assert cache.cache_entries(tmp_path / "cache") == []
+
+
+def test_a_script_without_a_main_guard_decodes_in_processes_and_runs_once(
+    prepared_mias: Path, tmp_path: Path
+) -> None:
+    # Decoding processes are started with "spawn", which runs the main module again: a
+    # script calling train() at its top level, without `if __name__ == "__main__":`, as
+    # Keras examples are written, must neither run twice nor fail.
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from tumor_classifier.cache import cache_images\n"
+        "with open(sys.argv[1], 'a') as runs:\n"
+        "    runs.write('run\\n')\n"
+        "files = [Path(line) for line in sys.argv[4:]]\n"
+        "images = cache_images(Path(sys.argv[3]), files, 32, 1, Path(sys.argv[2]), workers=2)\n"
+        "print(len(images), len(images.failures))\n")
+    runs = tmp_path / "runs.txt"
+    films = sorted(prepared_mias.glob("test/*/*.png"))[:40]  # 32 or more: in processes
+    done = subprocess.run([sys.executable, str(script), str(runs), str(tmp_path / "cache"),
+                           str(prepared_mias), *map(str, films)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["40", "0"]
+    assert runs.read_text() == "run\n"

@@ -19,6 +19,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -146,6 +147,29 @@ def _entries_elsewhere(cache_dir: Path, folder: Path, settings: dict[str, Any]
     return found
 
 
+@contextlib.contextmanager
+def _script_hidden() -> Iterator[None]:
+    """While decoding processes start, the calling script is hidden from multiprocessing.
+
+    A "spawn" process first runs the main module again, and a script without an
+    `if __name__ == "__main__":` guard (`train(config)` at its top level, as in a Keras
+    example) would start training again in every decoding process, and fail. The processes
+    need nothing from the script (`_decode` lives here), so they are started without it.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved: dict[str, Any] = {name: main.__dict__[name] for name in ("__file__", "__spec__")
+                             if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
 def _write_rows(file: int, row_bytes: int, row: int, images: np.ndarray) -> None:
     data = np.ascontiguousarray(images, np.float32).tobytes()
     written = os.pwrite(file, data, row * row_bytes)
@@ -253,9 +277,10 @@ def cache_images(
         if workers > 1 and len(tasks) >= 32:
             # "spawn" keeps worker processes free of the parent's TensorFlow threads.
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            results: Iterator[np.ndarray | str] = pool.map(
-                _decode, tasks, chunksize=max(1, min(64, len(tasks) // (workers * 8)))
-            )
+            with _script_hidden():  # the processes start as the tasks are submitted
+                results: Iterator[np.ndarray | str] = pool.map(
+                    _decode, tasks, chunksize=max(1, min(64, len(tasks) // (workers * 8)))
+                )
         else:
             results = map(_decode, tasks)
         try:
