@@ -7,8 +7,8 @@ DATA ?= data/mini-mias
 MODEL ?= auto
 RUN ?= runs/$(MODEL)-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
-# Two test processes (pytest-xdist): on 2 CPU cores (2026-11-27) the suite took 11 min 12 s
-# to 13 min in .ci/run with two, and 18 min 24 s to 19 min 27 s with one: much of a test's
+# Two test processes (pytest-xdist): on 2 CPU cores (2026-11-27) the suite took 10 min 16 s
+# to 13 min 50 s with two, and 18 min 24 s to 19 min 27 s with one: much of a test's
 # time is single-threaded (tracing, process start-up, file I/O). worksteal balances the few
 # long tests. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
