@@ -65,6 +65,12 @@ def paired_run(prepared_mias: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
+def films(prepared_mias: Path) -> list[Path]:
+    """40 real normal films of the prepared test split."""
+    return sorted((prepared_mias / "test" / "NOR").glob("*.png"))[:40]
+
+
+@pytest.fixture
 def small_dataset(prepared_mias: Path, tmp_path: Path) -> Path:
     """A writable copy of a few real films per class and split (for bad-input tests)."""
     dest = tmp_path / "small"

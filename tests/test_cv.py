@@ -40,14 +40,14 @@ def test_cv_refuses_to_split_without_patients(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from tumor_classifier import cache
+    from tumor_classifier import cache, cache_maintenance
 
     config = TrainConfig(model="seed", data_dir="", out="", epochs=1, image_size=32, workers=1,
                          cache_dir=str(tmp_path / "cache"))
     summary = cross_validate(prepared_mias, tmp_path / "cv", config, folds=2)
     # The decoded images stay in the cache once, not once per fold: fold 1's entries were
     # removed when fold 2 had copied them, and fold 2's hold every film...
-    entries = cache.cache_entries(tmp_path / "cache")
+    entries = cache_maintenance.cache_entries(tmp_path / "cache")
     assert sorted(Path(entry.root).name for entry in entries) == ["test", "train",
                                                                   "validation"]
     assert all(Path(entry.root).parent == (tmp_path / "cv" / "fold2" / "data").resolve()

@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import ramp, write_png
-from tumor_classifier.cache import WithOtherBreast
 from tumor_classifier.data import (
     Batches,
-    other_breast_rows,
-    other_breasts,
     scan_folder,
     scan_pooled,
     split_folders,
@@ -93,68 +90,6 @@ def test_segmentation_masks_beside_the_images_are_skipped_with_one_warning(
         f"{root}: ignored 3 segmentation mask(s) (names ending in _mask), e.g. "
         f"{root / 'BEN' / 'benign (1)_mask.png'}; masks are not images to classify"
     ]
-
-
-def test_other_breast_rows_pair_films_and_name_every_problem(tmp_path: Path) -> None:
-    (tmp_path / "split.csv").write_text(
-        "file,label,patient_id,split,other_breast\n"
-        "train/NOR/a_1.png,NOR,a,train,train/BEN/a_2.png\n"
-        "train/BEN/a_2.png,BEN,a,train,train/NOR/a_1.png\n"
-        "train/NOR/b_1.png,NOR,b,train,train/NOR/b_2.png\n"
-        "train/NOR/b_2.png,NOR,b,train,train/NOR/b_1.png\n"
-        "train/CAN/c_1.png,CAN,c,train,\n"
-        "train/NOR/scans/2019/d_1.png,NOR,d,train,train/NOR/scans/2019/d_2.png\n")
-    split = tmp_path / "train"
-    files = [split / "BEN/a_2.png", split / "CAN/c_1.png", split / "NOR/a_1.png",
-             split / "NOR/b_1.png", split / "NOR/b_2.png"]
-    others, problems = other_breast_rows(files, unreadable=[4])
-    assert others[0] == 2 and others[2] == 0
-    assert set(problems) == {1, 3}  # c has no other film; b's other film did not decode
-    assert problems[1].startswith(f"{files[1]}: no other breast beside it")
-    assert problems[3] == f"{files[3]}: its other breast b_2.png could not be read."
-    assert others[1] == 1 and others[3] == 3  # left pointing at themselves
-    assert other_breasts([split / "NOR/a_1.png", tmp_path / "elsewhere.png"]) == [
-        (split / "BEN/a_2.png").resolve(), None]
-    # films any depth below their class folder find the dataset's split.csv too
-    assert other_breasts([split / "NOR/scans/2019/d_1.png"]) == [
-        (split / "NOR/scans/2019/d_2.png").resolve()]
-    (tmp_path / "split.csv").write_text("file,label,patient_id,split\ntrain/NOR/a_1.png,"
-                                        "NOR,a,train\n")
-    assert other_breasts(files) == [None] * 5
-    with pytest.raises(ValueError, match=r"train: nothing names the other breast of these "
-                                         r"films: no split.csv"):
-        other_breast_rows(files)
-
-
-def test_without_split_csv_files_that_differ_only_in_side_are_each_others_other_breast(
-    tmp_path: Path
-) -> None:
-    names = ["CAN/A_0001_1.LEFT_CC.png", "NOR/A_0001_1.RIGHT_CC.png",  # DDSM
-             "BEN/P_00002_Left_MLO.png", "BEN/P_00002_Right_MLO.png",  # case kept
-             "NOR/case3_r_cc.png", "NOR/case3_l_cc.png",  # a lone letter
-             "NOR/A_0004_1.LEFT_CC.png",  # its other film is not among the files
-             "NOR/left_right.png", "NOR/right_right.png",  # two side words: no side known
-             "NOR/slr.png", "NOR/Lateral_x.png",  # side letters inside words are no side
-             "BEN/twice_LEFT.png", "CAN/twice_RIGHT.png", "NOR/twice_RIGHT.png"]  # ambiguous
-    files = [tmp_path / "train" / name for name in names]
-    partners = other_breasts(files)
-    assert partners[:6] == [files[1].resolve(), files[0].resolve(), files[3].resolve(),
-                            files[2].resolve(), files[5].resolve(), files[4].resolve()]
-    assert partners[6:] == [None] * 8
-    others, problems = other_breast_rows(files[:7])
-    assert list(others) == [1, 0, 3, 2, 5, 4, 6] and list(problems) == [6]
-
-
-def test_with_other_breast_puts_the_other_film_behind_the_channels() -> None:
-    images = np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2, 1)
-    paired = WithOtherBreast(images, np.array([1, 0, 2]))
-    assert len(paired) == 3
-    batch = paired[np.array([0, 2])]
-    assert batch.shape == (2, 2, 2, 2)
-    np.testing.assert_array_equal(batch[0, ..., 0], images[0, ..., 0])
-    np.testing.assert_array_equal(batch[0, ..., 1], images[1, ..., 0])
-    np.testing.assert_array_equal(batch[1, ..., 1], images[2, ..., 0])
-    np.testing.assert_array_equal(paired[1:2][0, ..., 1], images[0, ..., 0])
 
 
 def test_balanced_sampling_draws_every_class_equally_often() -> None:

@@ -20,7 +20,6 @@ import logging
 import multiprocessing
 import os
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -115,7 +114,7 @@ def _decode(task: tuple[str, int, int, bool]) -> np.ndarray | str:
         return str(error)
 
 
-def _read_index(index_path: Path) -> tuple[dict[str, Any], Path, list[dict[str, Any]]]:
+def read_index(index_path: Path) -> tuple[dict[str, Any], Path, list[dict[str, Any]]]:
     """A cache entry's settings, array file and entries (signature, error) as `index.json`
     lists them.
 
@@ -136,7 +135,7 @@ def _entries_elsewhere(cache_dir: Path, folder: Path, settings: dict[str, Any]
         if index_path.parent == folder:
             continue
         try:
-            theirs, array, entries = _read_index(index_path)
+            theirs, array, entries = read_index(index_path)
         except (ValueError, KeyError, TypeError, OSError):
             continue  # another process's half-written or foreign file: decode instead
         if {**theirs, "root": None} != {**settings, "root": None}:
@@ -208,7 +207,7 @@ def cache_images(
     index_path = folder / "index.json"
     if index_path.is_file():
         try:
-            theirs, array, entries = _read_index(index_path)
+            theirs, array, entries = read_index(index_path)
             if theirs == settings and array.is_file():
                 old_array = array
                 for row, entry in enumerate(entries):
@@ -318,142 +317,3 @@ def cache_images(
         except OSError:
             logger.debug("could not remove superseded cache array %s", old_array)
     return CachedImages(folder / array_name, shape, failures)
-
-
-class WithOtherBreast:
-    """`images[i]` with `images[others[i]]` as further channels: (k, size, size, 2 x c).
-
-    Indexable like the cached images it wraps, so training batches, validation and
-    `Classifier.predict_batch` read pairs without a second cache or copy.
-    """
-
-    def __init__(self, images: Any, others: np.ndarray) -> None:
-        self.images, self.others = images, others
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        rows = np.arange(len(self.images))[index]
-        return np.concatenate([self.images[rows], self.images[self.others[rows]]], axis=-1)
-
-
-# What `tumor-classifier cache` lists and removes. Only files this module writes are ever
-# deleted (an entry's index.json, images-*.f32 arrays and index temporaries), so a cache
-# folder pointed at the wrong place loses nothing else.
-_OWN_FILES = ("index.json", "images-*.f32", "index.json.*.tmp")
-# A file that no index names may be an array another process is writing right now.
-_ABANDONED_AFTER_S = 24 * 3600
-
-
-@dataclass
-class CacheEntry:
-    """One cache folder: the dataset folder and preprocessing it was made for, its images
-    and disk use, and whether it can still be used."""
-
-    folder: Path
-    root: str | None
-    image_size: int | None
-    channels: int | None
-    crop: bool | None
-    images: int
-    bytes: int
-    state: str  # "current", "dataset folder gone", "older preprocessing", "no index"
-    array: Path | None = None  # the array file its index names
-
-    @property
-    def stale(self) -> bool:
-        """Nothing can use it: `prune_cache` removes it."""
-        return self.state in ("dataset folder gone", "older preprocessing")
-
-
-def _own_files(folder: Path) -> list[Path]:
-    return sorted({path for pattern in _OWN_FILES for path in folder.glob(pattern)
-                   if path.is_file() and not path.is_symlink()})
-
-
-def _stat(path: Path) -> os.stat_result | None:
-    """None for a file another process removed since it was listed."""
-    try:
-        return path.stat()
-    except OSError:
-        return None
-
-
-def cache_entries(cache_dir: Path | None = None) -> list[CacheEntry]:
-    """Every entry under `cache_dir` (default `default_cache_dir()`), largest first."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    entries = []
-    for folder in sorted(path for path in cache_dir.glob("*") if path.is_dir()):
-        files = _own_files(folder)
-        if not files:
-            continue
-        size = sum(found.st_size for found in map(_stat, files) if found)
-        try:
-            settings, array, rows = _read_index(folder / "index.json")
-            root = str(settings["root"])
-        except (ValueError, KeyError, TypeError, OSError):
-            entries.append(CacheEntry(folder, None, None, None, None, 0, size, "no index"))
-            continue
-        state = ("older preprocessing" if settings.get("version") != PREPROCESSING_VERSION
-                 else "dataset folder gone" if not Path(root).is_dir() else "current")
-        entries.append(CacheEntry(
-            folder, root, settings.get("image_size"), settings.get("channels"),
-            settings.get("crop"), len(rows), size, state, array))
-    return sorted(entries, key=lambda entry: -entry.bytes)
-
-
-def _delete(folder: Path, paths: Sequence[Path]) -> int:
-    """Remove `paths` (the cache's own files) and `folder` if that leaves it empty; the
-    bytes freed."""
-    freed = 0
-    for path in paths:
-        found = _stat(path)
-        try:
-            path.unlink()
-            freed += found.st_size if found else 0
-        except FileNotFoundError:
-            pass  # another process was first
-        except OSError as error:
-            logger.warning("%s: not removed (%s)", path, error.strerror)
-    with contextlib.suppress(OSError):  # not empty: something else lives there
-        folder.rmdir()
-    return freed
-
-
-def prune_cache(cache_dir: Path | None = None, everything: bool = False) -> tuple[int, int]:
-    """Remove stale entries (their dataset folder is gone, or they hold an older
-    preprocessing), or with `everything` all entries; and files that no index names (an
-    array or index temporary of a stopped process, an unreadable index) once a day old.
-
-    Returns: (entries removed, bytes freed).
-    """
-    now = time.time()
-    removed = freed = 0
-    for entry in cache_entries(cache_dir):
-        files = _own_files(entry.folder)
-        if everything or entry.stale:
-            doomed = files
-        else:
-            named = {"index.json", entry.array.name} if entry.array else set()
-            doomed = [path for path, found in zip(files, map(_stat, files), strict=True)
-                      if path.name not in named and found
-                      and now - found.st_mtime > _ABANDONED_AFTER_S]
-        freed += _delete(entry.folder, doomed)
-        removed += len(doomed) == len(files)
-    return removed, freed
-
-
-def remove_entries_under(folder: Path, cache_dir: Path | None = None) -> int:
-    """Remove the entries made for dataset folders inside `folder`; the bytes freed.
-
-    `cv` drops a finished fold's entries once the next fold has copied its rows (every
-    fold's train, validation and test hold every image), so the cache keeps about one copy
-    of the dataset instead of one per fold.
-    """
-    inside = Path(folder).resolve()
-    freed = 0
-    for entry in cache_entries(cache_dir):
-        if entry.root is not None and Path(entry.root).is_relative_to(inside):
-            freed += _delete(entry.folder, _own_files(entry.folder))
-    return freed

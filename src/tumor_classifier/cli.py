@@ -376,7 +376,8 @@ def _app(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from .cache import cache_entries, default_cache_dir, prune_cache
+    from .cache import default_cache_dir
+    from .cache_maintenance import cache_entries, prune_cache
 
     cache_dir = args.cache_dir or default_cache_dir()
     if args.prune or args.clear:

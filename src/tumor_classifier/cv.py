@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .cache import remove_entries_under
+from .cache_maintenance import remove_entries_under
 from .config import TrainConfig, load_json, save_json
 from .data import scan_pooled
 from .datasets import join_near_copies, link_file, read_patients, write_csv

@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import classification_report
 
-from .cache import CachedImages, WithOtherBreast, cache_images
+from .cache import CachedImages, cache_images
 from .config import save_json
-from .data import pair_with_other_breasts, read_split_table, scan_folder
+from .data import read_split_table, scan_folder
 from .metrics import bootstrap_intervals, compute_metrics
 from .near_copies import near_copy_sources, read_thumbnails, thumbnails
+from .other_breast import WithOtherBreast, pair_with_other_breasts
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc, save_figure
 from .predict import Classifier
 

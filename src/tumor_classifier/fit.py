@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from . import resume
-from .cache import CachedImages, WithOtherBreast
+from .cache import CachedImages
 from .config import TrainConfig
 from .data import Batches, as_dataset
+from .other_breast import WithOtherBreast
 
 logger = logging.getLogger(__name__)
 

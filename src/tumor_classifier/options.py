@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import TrainConfig
-from .data import ImageFolder, other_breasts
+from .data import ImageFolder
+from .other_breast import other_breasts
 
 logger = logging.getLogger(__name__)
 

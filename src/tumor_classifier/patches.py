@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .cache import CachedImages, WithOtherBreast
+from .cache import CachedImages
 from .config import TrainConfig, class_index
 from .imaging import ImageReadError, read_image
+from .other_breast import WithOtherBreast
 from .preprocessing import crop_to, find_breast, preprocess, to_grey
 
 logger = logging.getLogger(__name__)

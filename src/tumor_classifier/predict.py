@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from .cache import CachedImages, WithOtherBreast
+from .cache import CachedImages
 from .config import load_json
-from .data import list_images, other_breasts
+from .data import list_images
 from .imaging import ImageReadError, Source, read_image, read_image_and_metadata
 from .metrics import apply_temperature
 from .near_copies import near_copy_sources, read_thumbnails, thumbnails
+from .other_breast import WithOtherBreast, other_breasts
 from .preprocessing import preprocess
 
 logger = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ class Classifier:
                                 self._near_copies(model_input[np.newaxis])[0])
 
     def _find_other_breasts(self, sources: Sequence[Source]) -> list[Path | None]:
-        """Each path's other breast (`data.other_breasts`: split.csv, or a file among
+        """Each path's other breast (`other_breast.other_breasts`: split.csv, or a file among
         these whose name differs only in LEFT/RIGHT); None for uploads and unnamed pairs."""
         paths = [source if isinstance(source, (str, Path)) else None for source in sources]
         found = iter(other_breasts([path for path in paths if path is not None]))
@@ -210,7 +211,7 @@ class Classifier:
 
         For a model trained with --other-breast, `other_breasts[i]` is the other breast of
         `sources[i]`; without `other_breasts`, each path's other breast is looked up in
-        split.csv or among `sources` by name (`data.other_breasts`).
+        split.csv or among `sources` by name (`other_breast.other_breasts`).
 
         A file that cannot be read, or whose other breast is missing, gets a `Prediction`
         with `error` set; the others go on.

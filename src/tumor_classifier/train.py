@@ -13,14 +13,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__, resume
-from .cache import CachedImages, WithOtherBreast, cache_images
+from .cache import CachedImages, cache_images
 from .config import TrainConfig, class_index, save_json
-from .data import (
-    ImageFolder,
-    pair_with_other_breasts,
-    scan_folder,
-    split_folders,
-)
+from .data import ImageFolder, scan_folder, split_folders
 from .distribute import distribution_scope
 from .evaluate import describe_near_copies, patient_groups, write_evaluation
 from .fit import build_loss, build_optimizer, fit, precision_policy, read_history
@@ -33,6 +28,7 @@ from .metrics import (
 )
 from .near_copies import near_copy_sources, save_thumbnails, thumbnails
 from .options import check_options, class_weights, fill_defaults
+from .other_breast import WithOtherBreast, pair_with_other_breasts
 from .plots import plot_history, save_figure
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,143 @@
+"""The same woman's other breast: find it for each film (split.csv's `other_breast`
+column, or a file name with LEFT and RIGHT swapped) and give a model both films as one
+input. A radiologist reads the two breasts side by side; the default `--model auto` does
+too wherever every film's other breast is named."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cache import CachedImages
+
+
+class WithOtherBreast:
+    """`images[i]` with `images[others[i]]` as further channels: (k, size, size, 2 x c).
+
+    Indexable like the cached images it wraps, so training batches, validation and
+    `Classifier.predict_batch` read pairs without a second cache or copy.
+    """
+
+    def __init__(self, images: Any, others: np.ndarray) -> None:
+        self.images, self.others = images, others
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        rows = np.arange(len(self.images))[index]
+        return np.concatenate([self.images[rows], self.images[self.others[rows]]], axis=-1)
+
+
+
+def _other_breast_column(table: Path) -> dict[Path, Path] | None:
+    """A split.csv's file -> other_breast, both resolved; None without that column."""
+    with table.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "other_breast" not in rows[0]:
+        return None
+    return {(table.parent / row["file"]).resolve(): (table.parent / row["other_breast"]).resolve()
+            for row in rows if row["other_breast"]}
+
+
+# A breast's side in a file name: LEFT or RIGHT, or a lone L or R, between separators, in
+# any case (DDSM "A_0001_1.LEFT_CC", CBIS-DDSM "P_00001_LEFT_CC", "case12_R_MLO").
+_SIDE = re.compile(r"(?<![A-Za-z0-9])(left|right|l|r)(?![A-Za-z0-9])", re.IGNORECASE)
+_OTHER_SIDE = {"left": "right", "right": "left", "l": "r", "r": "l"}
+
+
+def _other_side_name(name: str) -> str | None:
+    """`name` with its one side word swapped (LEFT <-> RIGHT, L <-> R, case kept); None
+    when it names no side, or more than one."""
+    found = list(_SIDE.finditer(name))
+    if len(found) != 1:
+        return None
+    word = found[0].group(1)
+    other = _OTHER_SIDE[word.lower()]
+    other = other.upper() if word.isupper() else other.capitalize() if word[0].isupper() \
+        else other
+    return name[:found[0].start()] + other + name[found[0].end():]
+
+
+def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
+    """Each file's other breast (the same woman's other film, same view), resolved.
+
+    As the `other_breast` column of the nearest `split.csv` above the file that names it
+    (`DATA/split.csv` for `DATA/test/CAN/film.png`, or for a film any depth below its class
+    folder; `prepare mini-mias` writes the column); otherwise the one other file among
+    `files` whose name is the file's own with its side swapped (`A_0001_1.LEFT_CC.png` and
+    `A_0001_1.RIGHT_CC.png`, in any class folder; both names unique among `files`); None
+    where neither gives one.
+    """
+    tables: dict[Path, dict[Path, Path] | None] = {}
+    by_name: dict[str, list[Path]] = {}
+    for file in files:
+        by_name.setdefault(Path(file).name, []).append(Path(file).resolve())
+    result: list[Path | None] = []
+    for file in files:
+        path = Path(file).absolute()
+        other = None
+        for folder in path.parents:  # each table is read once, and only if it exists
+            table = folder / "split.csv"
+            if table not in tables:
+                tables[table] = _other_breast_column(table) if table.is_file() else None
+            column = tables[table]
+            if column and (other := column.get(path.resolve())):
+                break
+        if other is None and (name := _other_side_name(path.name)):
+            # Both names must be unique among the files, so that pairs are mutual.
+            candidates = by_name.get(name, [])
+            unique = len(candidates) == 1 and len(by_name[path.name]) == 1
+            other = candidates[0] if unique else None
+        result.append(other)
+    return result
+
+
+def other_breast_rows(files: Sequence[Path], unreadable: Collection[int] = ()
+                      ) -> tuple[np.ndarray, dict[int, str]]:
+    """For every file, the index in `files` of its other breast (`other_breasts`).
+
+    Returns the indices (a file's own index where there is no other breast) and, for the
+    files without a readable other breast among `files`, one message each.
+
+    Raises:
+        ValueError: no file has its other breast named (no split.csv with that column).
+    """
+    partners = other_breasts(files)
+    if files and not any(partners):
+        raise ValueError(
+            f"{Path(files[0]).parent.parent}: nothing names the other breast of these films: "
+            "no split.csv with an other_breast column, and no file names that differ only "
+            "in LEFT/RIGHT. Run `tumor-classifier prepare mini-mias` again (it writes the "
+            "column), or add it (file,...,other_breast: the same woman's other film, same "
+            "view, relative to split.csv).")
+    position = {Path(path).resolve(): index for index, path in enumerate(files)}
+    result = np.arange(len(files))
+    problems: dict[int, str] = {}
+    for index, (path, other) in enumerate(zip(files, partners, strict=True)):
+        if other is None or other not in position:
+            problems[index] = (
+                f"{path}: no other breast beside it (split.csv's other_breast column names "
+                "a film of the same split); a model trained with --other-breast compares "
+                "both breasts of a woman. Add the film, or use a model trained without it.")
+        elif position[other] in unreadable:
+            problems[index] = f"{path}: its other breast {other.name} could not be read."
+        else:
+            result[index] = position[other]
+    return result, problems
+
+
+def pair_with_other_breasts(images: CachedImages, files: Sequence[Path]
+                            ) -> tuple[WithOtherBreast, dict[int, str]]:
+    """`images` (decoded from `files`, in order) paired with each file's other breast, and
+    the message of every row that cannot be used: its own decoding failure, or a missing or
+    unreadable other breast."""
+    others, problems = other_breast_rows(files, images.failures.keys())
+    failures = dict(images.failures)
+    failures.update({row: message for row, message in problems.items() if row not in failures})
+    return WithOtherBreast(images, others), failures

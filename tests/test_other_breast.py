@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tumor_classifier.cache import cache_images
+from tumor_classifier.other_breast import (
+    WithOtherBreast,
+    other_breast_rows,
+    other_breasts,
+    pair_with_other_breasts,
+)
+
+
+def test_other_breast_rows_pair_films_and_name_every_problem(tmp_path: Path) -> None:
+    (tmp_path / "split.csv").write_text(
+        "file,label,patient_id,split,other_breast\n"
+        "train/NOR/a_1.png,NOR,a,train,train/BEN/a_2.png\n"
+        "train/BEN/a_2.png,BEN,a,train,train/NOR/a_1.png\n"
+        "train/NOR/b_1.png,NOR,b,train,train/NOR/b_2.png\n"
+        "train/NOR/b_2.png,NOR,b,train,train/NOR/b_1.png\n"
+        "train/CAN/c_1.png,CAN,c,train,\n"
+        "train/NOR/scans/2019/d_1.png,NOR,d,train,train/NOR/scans/2019/d_2.png\n")
+    split = tmp_path / "train"
+    files = [split / "BEN/a_2.png", split / "CAN/c_1.png", split / "NOR/a_1.png",
+             split / "NOR/b_1.png", split / "NOR/b_2.png"]
+    others, problems = other_breast_rows(files, unreadable=[4])
+    assert others[0] == 2 and others[2] == 0
+    assert set(problems) == {1, 3}  # c has no other film; b's other film did not decode
+    assert problems[1].startswith(f"{files[1]}: no other breast beside it")
+    assert problems[3] == f"{files[3]}: its other breast b_2.png could not be read."
+    assert others[1] == 1 and others[3] == 3  # left pointing at themselves
+    assert other_breasts([split / "NOR/a_1.png", tmp_path / "elsewhere.png"]) == [
+        (split / "BEN/a_2.png").resolve(), None]
+    # films any depth below their class folder find the dataset's split.csv too
+    assert other_breasts([split / "NOR/scans/2019/d_1.png"]) == [
+        (split / "NOR/scans/2019/d_2.png").resolve()]
+    (tmp_path / "split.csv").write_text("file,label,patient_id,split\ntrain/NOR/a_1.png,"
+                                        "NOR,a,train\n")
+    assert other_breasts(files) == [None] * 5
+    with pytest.raises(ValueError, match=r"train: nothing names the other breast of these "
+                                         r"films: no split.csv"):
+        other_breast_rows(files)
+
+
+def test_without_split_csv_files_that_differ_only_in_side_are_each_others_other_breast(
+    tmp_path: Path
+) -> None:
+    names = ["CAN/A_0001_1.LEFT_CC.png", "NOR/A_0001_1.RIGHT_CC.png",  # DDSM
+             "BEN/P_00002_Left_MLO.png", "BEN/P_00002_Right_MLO.png",  # case kept
+             "NOR/case3_r_cc.png", "NOR/case3_l_cc.png",  # a lone letter
+             "NOR/A_0004_1.LEFT_CC.png",  # its other film is not among the files
+             "NOR/left_right.png", "NOR/right_right.png",  # two side words: no side known
+             "NOR/slr.png", "NOR/Lateral_x.png",  # side letters inside words are no side
+             "BEN/twice_LEFT.png", "CAN/twice_RIGHT.png", "NOR/twice_RIGHT.png"]  # ambiguous
+    files = [tmp_path / "train" / name for name in names]
+    partners = other_breasts(files)
+    assert partners[:6] == [files[1].resolve(), files[0].resolve(), files[3].resolve(),
+                            files[2].resolve(), files[5].resolve(), files[4].resolve()]
+    assert partners[6:] == [None] * 8
+    others, problems = other_breast_rows(files[:7])
+    assert list(others) == [1, 0, 3, 2, 5, 4, 6] and list(problems) == [6]
+
+
+def test_with_other_breast_puts_the_other_film_behind_the_channels() -> None:
+    images = np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2, 1)
+    paired = WithOtherBreast(images, np.array([1, 0, 2]))
+    assert len(paired) == 3
+    batch = paired[np.array([0, 2])]
+    assert batch.shape == (2, 2, 2, 2)
+    np.testing.assert_array_equal(batch[0, ..., 0], images[0, ..., 0])
+    np.testing.assert_array_equal(batch[0, ..., 1], images[1, ..., 0])
+    np.testing.assert_array_equal(batch[1, ..., 1], images[2, ..., 0])
+    np.testing.assert_array_equal(paired[1:2][0, ..., 1], images[0, ..., 0])
+
+
+def test_real_films_are_paired_with_their_other_breast_and_every_unusable_row_is_named(
+    prepared_mias: Path, tmp_path: Path
+) -> None:
+    # Two women's real films (both breasts each), a third woman's film whose other breast
+    # is not among the files, and an unreadable file whose other breast is a real film.
+    with (prepared_mias / "split.csv").open(encoding="utf-8") as handle:
+        rows = [line.rstrip("\n").split(",") for line in handle][1:]
+    by_file = {row[0]: row for row in rows if row[3] == "train"}
+    women: list[str] = []
+    for row in by_file.values():
+        if row[2] not in women:
+            women.append(row[2])
+    chosen = [row for row in by_file.values() if row[2] in women[:3]][:5]
+    data = tmp_path / "data"
+    for row in chosen:
+        (data / row[0]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(prepared_mias / row[0], data / row[0])
+    broken = "train/NOR/broken.png"
+    (data / broken).write_bytes(b"not an image")
+    lines = ["file,label,patient_id,split,other_breast"]
+    lines += [",".join(row) for row in chosen]
+    lines.append(f"{broken},NOR,nobody,train,{chosen[0][0]}")
+    (data / "split.csv").write_text("\n".join(lines) + "\n")
+    files = [data / row[0] for row in chosen] + [data / broken]
+
+    images = cache_images(data / "train", files, 32, 1, cache_dir=tmp_path / "cache")
+    paired, failures = pair_with_other_breasts(images, files)
+
+    # rows 0-3 are two whole women; row 4's other breast (the third woman's other film)
+    # is missing; row 5 did not decode.
+    assert sorted(failures) == [4, 5]
+    assert failures[4].startswith(f"{files[4]}: no other breast beside it")
+    assert failures[5] == images.failures[5]
+    position = {str(data / row[0]): index for index, row in enumerate(chosen)}
+    for index, row in enumerate(chosen[:4]):
+        other = position[str(data / row[4])]
+        batch = paired[np.array([index])]
+        assert batch.shape == (1, 32, 32, 2)
+        np.testing.assert_array_equal(batch[0, ..., 0], images[np.array([index])][0, ..., 0])
+        np.testing.assert_array_equal(batch[0, ..., 1], images[np.array([other])][0, ..., 0])
+        assert other != index
