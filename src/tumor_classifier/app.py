@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 
 from tumor_classifier.config import describe_class
-from tumor_classifier.explain import grad_cam, overlay
+from tumor_classifier.explain import overlay
 from tumor_classifier.imaging import ImageReadError, read_image_and_metadata, stretch
 from tumor_classifier.predict import Classifier
 
@@ -124,9 +124,7 @@ def show_result(classifier: Classifier, name: str, data: bytes, opacity: float,
                    "its result shows what the model learnt, not how it does on new images.")
     left, right = st.columns([3, 2])
     display = _display_image(image)
-    class_index = classifier.class_names.index(result.prediction)
-    heatmap = grad_cam(classifier.model, model_input, class_index,
-                       classifier.config.get("gradcam_layer"))
+    heatmap = classifier.grad_cam(model_input, result.prediction)
     with left:
         st.image(overlay(display, heatmap, opacity) if opacity > 0 else display,
                  caption=f"Grad-CAM for '{result.prediction}' (opacity {opacity:.0%})",

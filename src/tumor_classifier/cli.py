@@ -7,7 +7,6 @@ of its own.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import logging
 import os
@@ -272,7 +271,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import Classifier, expand_paths
+    from .predict import Classifier, expand_paths, write_predictions
 
     paths = list(args.paths)
     if args.onnx:
@@ -307,15 +306,7 @@ def _predict(args: argparse.Namespace) -> int:
                 if result.near_copy_of else "")
         print(f"{result.file}: {result.prediction} ({description})  {probabilities}{copy}")
     if args.csv:
-        with args.csv.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file", "prediction"] + [f"prob_{name}" for name in names]
-                            + ["near_copy_of"])
-            for result in results:
-                if not result.error:
-                    writer.writerow([result.file, result.prediction]
-                                    + [f"{result.probabilities[name]:.6f}" for name in names]
-                                    + [result.near_copy_of or ""])
+        write_predictions(results, names, args.csv)
     if args.heatmap and not results[0].error:
         _write_heatmap(classifier, files[0], results[0].prediction, args.heatmap,
                        others[0] if others else None)
@@ -331,13 +322,10 @@ def _write_heatmap(classifier: Any, file: Path, prediction: str | None, out: Pat
                    other_breast: Path | None = None) -> None:
     from PIL import Image
 
-    from .explain import grad_cam, overlay
+    from .explain import overlay
 
     image, model_input = classifier.read(file, other_breast)
-    heatmap = grad_cam(classifier.model, model_input,
-                       classifier.class_names.index(prediction),
-                       classifier.config.get("gradcam_layer"))
-    Image.fromarray(overlay(image, heatmap)).save(out)
+    Image.fromarray(overlay(image, classifier.grad_cam(model_input, prediction))).save(out)
     print(f"Grad-CAM for {prediction}: {out}")
 
 

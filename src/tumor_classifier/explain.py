@@ -167,8 +167,8 @@ def lesion_hit_rate(classifier: Any, data_dir: Path, split: str = "test") -> dic
             continue
         image, model_input = classifier.read(path)
         probabilities = classifier.predict_batch(model_input[np.newaxis])[0]
-        heatmap = grad_cam(classifier.model, model_input, int(np.argmax(probabilities)),
-                           classifier.config.get("gradcam_layer"))
+        heatmap = classifier.grad_cam(model_input,
+                                      classifier.class_names[int(np.argmax(probabilities))])
         row, column = peak_location(heatmap)
         height, width = image.shape[:2]
         # the box the model's preprocessing found (on the same grey plane)

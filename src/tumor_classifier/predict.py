@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ import numpy as np
 from .cache import CachedImages
 from .config import load_json
 from .data import list_images
+from .explain import grad_cam
 from .imaging import ImageReadError, Source, read_image, read_image_and_metadata
 from .metrics import apply_temperature
 from .near_copies import near_copy_sources, read_thumbnails, thumbnails
@@ -120,6 +122,12 @@ class Classifier:
         if calibrated and self.temperature != 1.0:
             return apply_temperature(result, self.temperature)
         return result.astype(np.float32)
+
+    def grad_cam(self, model_input: np.ndarray, class_name: str) -> np.ndarray:
+        """Grad-CAM of `class_name` for one model input (`explain.grad_cam`), at the layer
+        that config.json names as `gradcam_layer`, else the last convolution."""
+        return grad_cam(self.model, model_input, self.class_names.index(class_name),
+                        self.config.get("gradcam_layer"))
 
     def preprocess(self, image: np.ndarray, other_breast: np.ndarray | None = None) -> np.ndarray:
         """`preprocessing.preprocess` with this model's recorded parameters: the model input.
@@ -278,3 +286,18 @@ class Classifier:
         if pending:
             flush()
         return [result for result in results if result is not None]
+
+
+def write_predictions(results: Sequence[Prediction], class_names: Sequence[str], path: Path
+                      ) -> None:
+    """`results` as CSV (file, prediction, prob_<class>..., near_copy_of), one row per file
+    that could be read, in the order given."""
+    with Path(path).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "prediction"] + [f"prob_{name}" for name in class_names]
+                        + ["near_copy_of"])
+        for result in results:
+            if not result.error:
+                writer.writerow([result.file, result.prediction]
+                                + [f"{result.probabilities[name]:.6f}" for name in class_names]
+                                + [result.near_copy_of or ""])

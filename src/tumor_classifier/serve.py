@@ -146,7 +146,6 @@ def create_app(run_dir: Path | str) -> FastAPI:
             raise HTTPException(400, str(error)) from None
         with lock:
             result = classifier.predict_input(model_input, name, metadata, tta=tta)
-        names = classifier.class_names
         prediction = str(result.prediction)
         response = PredictionResponse(
             file=name, prediction=prediction,
@@ -160,11 +159,10 @@ def create_app(run_dir: Path | str) -> FastAPI:
         if heatmap:
             from PIL import Image
 
-            from .explain import grad_cam, overlay
+            from .explain import overlay
 
             with lock:
-                cam = grad_cam(classifier.model, model_input, names.index(prediction),
-                               classifier.config.get("gradcam_layer"))
+                cam = classifier.grad_cam(model_input, prediction)
             buffer = io.BytesIO()
             Image.fromarray(overlay(image, cam)).save(buffer, format="PNG")
             response.heatmap_png_base64 = base64.b64encode(buffer.getvalue()).decode()

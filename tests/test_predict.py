@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tumor_classifier.explain import grad_cam
+from tumor_classifier.predict import Classifier, Prediction, write_predictions
+
+
+@pytest.mark.slow
+def test_classifier_grad_cam_explains_the_layer_its_config_names(trained_run: Path,
+                                                                 prepared_mias: Path) -> None:
+    classifier = Classifier.load(trained_run)
+    film = next((prepared_mias / "test" / "CAN").glob("*.png"))
+    model_input = classifier.read(film)[1]
+    default = classifier.grad_cam(model_input, "CAN")
+    np.testing.assert_array_equal(default, grad_cam(classifier.model, model_input, 1))
+    # config.json's gradcam_layer (set by hand) is honoured by predict, the app and serve
+    first_convolution = next(layer.name for layer in classifier.model.layers
+                             if type(layer).__name__ == "Conv2D")
+    classifier.config["gradcam_layer"] = first_convolution
+    named = classifier.grad_cam(model_input, "CAN")
+    np.testing.assert_array_equal(
+        named, grad_cam(classifier.model, model_input, 1, layer_name=first_convolution))
+    assert not np.array_equal(named, default)
+    classifier.config["gradcam_layer"] = "nope"
+    with pytest.raises(ValueError, match=r"Grad-CAM layer 'nope' not in the model"):
+        classifier.grad_cam(model_input, "CAN")
+
+
+def test_predictions_csv_has_a_row_per_readable_file_in_order(tmp_path: Path) -> None:
+    names = ("BEN", "CAN", "NOR")
+    results = [
+        Prediction("b.png", {"BEN": 0.1, "CAN": 0.7, "NOR": 0.2}, "CAN"),
+        Prediction("bad.png", error="bad.png: not an image file"),
+        Prediction("a.png", {"BEN": 0.5, "CAN": 0.25, "NOR": 0.25}, "BEN",
+                   near_copy_of="train image x.png"),
+    ]
+    write_predictions(results, names, tmp_path / "out.csv")
+    with (tmp_path / "out.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows == [
+        ["file", "prediction", "prob_BEN", "prob_CAN", "prob_NOR", "near_copy_of"],
+        ["b.png", "CAN", "0.100000", "0.700000", "0.200000", ""],
+        ["a.png", "BEN", "0.500000", "0.250000", "0.250000", "train image x.png"],
+    ]
