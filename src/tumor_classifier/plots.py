@@ -1,6 +1,7 @@
 """Plots of a run: training history, confusion matrix, ROC curves.
 
-Each function takes `ax=None`, returns the figure and never shows it (scikit-learn's
+Each function draws on the axes it is given (`ax=None`, or `axes=None` for the two-panel
+plots: a new figure when None), returns the figure and never shows it (scikit-learn's
 display convention), so the notebook and the CLI use the same code.
 """
 
@@ -20,14 +21,26 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 
 def save_figure(figure: Figure, path: Path) -> None:
+    """Write `figure` as an image (format from the suffix) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 
-def plot_history(history: Mapping[str, Sequence[float]]) -> Figure:
+def _two_panels(axes: Sequence[Any] | None, size: tuple[float, float]
+                ) -> tuple[Figure, Sequence[Any]]:
+    if axes is None:
+        figure, new = plt.subplots(1, 2, figsize=size)
+        return figure, list(new)
+    if len(axes) != 2:
+        raise ValueError(f"axes: expected two (left and right panels), got {len(axes)}.")
+    return axes[0].figure, axes
+
+
+def plot_history(history: Mapping[str, Sequence[float]], axes: Sequence[Any] | None = None
+                 ) -> Figure:
     """Loss and accuracy per epoch, training and validation, side by side."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = _two_panels(axes, (10, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, history[metric], marker="o", label="training")
@@ -42,12 +55,14 @@ def plot_history(history: Mapping[str, Sequence[float]]) -> Figure:
     return figure
 
 
-def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str]) -> Figure:
-    """Counts and row-normalised rates (rows true, columns predicted)."""
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str],
+                          axes: Sequence[Any] | None = None) -> Figure:
+    """Counts and row-normalised rates (rows true, columns predicted; a class with no
+    images has a row of zeros)."""
     matrix = np.asarray(matrix)
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    figure, axes = _two_panels(axes, (10, 4.2))
     panels: list[tuple[Any, np.ndarray, str, str]] = [
         (axes[0], matrix, "Counts", "d"),
         (axes[1], normalised, "Row-normalised (recall on the diagonal)", ".2f"),
