@@ -134,3 +134,34 @@ def remove_entries_under(folder: Path, cache_dir: Path | None = None) -> int:
         if entry.root is not None and Path(entry.root).is_relative_to(inside):
             freed += _delete(entry.folder, _own_files(entry.folder))
     return freed
+
+
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"
+
+
+def format_entries(entries: Sequence[CacheEntry], cache_dir: Path,
+                   removed: tuple[int, int] | None = None, hint_prune: bool = True) -> str:
+    """`cache_entries`' listing as text: what `prune_cache` `removed` (entries, bytes) if
+    given, a total, a line per entry (largest first) and, with `hint_prune`, how many no
+    dataset can use."""
+    lines = []
+    if removed is not None:
+        lines.append(f"removed {_count(removed[0], 'entry', 'entries')} "
+                     f"({removed[1] / 1e6:.1f} MB) from {cache_dir}")
+    total = sum(entry.bytes for entry in entries)
+    lines.append(f"{cache_dir}: {_count(len(entries), 'entry', 'entries')}, "
+                 f"{total / 1e6:.1f} MB")
+    if entries:
+        lines.append(f"{'MB':>9} {'images':>7} {'size':>5} {'ch':>3} {'crop':>5}  "
+                     f"{'state':<20} dataset folder")
+    for entry in entries:
+        crop = "-" if entry.crop is None else "yes" if entry.crop else "no"
+        lines.append(f"{entry.bytes / 1e6:9.1f} {entry.images:7d} {entry.image_size or '-':>5} "
+                     f"{entry.channels or '-':>3} {crop:>5}  {entry.state:<20} "
+                     f"{entry.root or entry.folder}")
+    stale = sum(entry.stale for entry in entries)
+    if stale and hint_prune:
+        lines.append(f"{_count(stale, 'entry', 'entries')} no dataset can use: "
+                     "`tumor-classifier cache --prune` removes them")
+    return "\n".join(lines)

@@ -365,29 +365,13 @@ def _app(args: argparse.Namespace) -> int:
 
 def _cache(args: argparse.Namespace) -> int:
     from .cache import default_cache_dir
-    from .cache_maintenance import cache_entries, prune_cache
+    from .cache_maintenance import cache_entries, format_entries, prune_cache
 
     cache_dir = args.cache_dir or default_cache_dir()
-    if args.prune or args.clear:
-        removed, freed = prune_cache(cache_dir, everything=args.clear)
-        print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({freed / 1e6:.1f} MB) "
-              f"from {cache_dir}")
-    entries = cache_entries(cache_dir)
-    total = sum(entry.bytes for entry in entries)
-    print(f"{cache_dir}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, "
-          f"{total / 1e6:.1f} MB")
-    if entries:
-        print(f"{'MB':>9} {'images':>7} {'size':>5} {'ch':>3} {'crop':>5}  "
-              f"{'state':<20} dataset folder")
-    for entry in entries:
-        crop = "-" if entry.crop is None else "yes" if entry.crop else "no"
-        print(f"{entry.bytes / 1e6:9.1f} {entry.images:7d} {entry.image_size or '-':>5} "
-              f"{entry.channels or '-':>3} {crop:>5}  {entry.state:<20} "
-              f"{entry.root or entry.folder}")
-    stale = sum(entry.stale for entry in entries)
-    if stale and not args.clear:
-        print(f"{stale} entr{'y' if stale == 1 else 'ies'} no dataset can use: "
-              "`tumor-classifier cache --prune` removes them")
+    removed = (prune_cache(cache_dir, everything=args.clear) if args.prune or args.clear
+               else None)
+    print(format_entries(cache_entries(cache_dir), cache_dir, removed,
+                         hint_prune=not args.clear))
     return 0
 
 
