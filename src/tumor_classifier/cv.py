@@ -179,6 +179,7 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
     per_fold: list[dict[str, Any]] = []
     pooled_probabilities = np.zeros((len(samples), len(class_names)), np.float32)
     predicted = np.zeros(len(samples), bool)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else None
     for fold, split in enumerate(parts):
         fold_dir = out / f"fold{fold + 1}"
         placed = [(part, samples[index]) for part, indices in
@@ -224,16 +225,14 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
                 config, data_dir=str(fold_dir / "data"), out=str(run),
                 resume=config.resume and (run / "backup").is_dir()))
             seconds = time.perf_counter() - started
-        metrics = evaluate(run_dir, fold_dir / "data" / "test",
-                           cache_dir=Path(config.cache_dir) if config.cache_dir else None)
+        metrics = evaluate(run_dir, fold_dir / "data" / "test", cache_dir=cache_dir)
         metrics["train_seconds"] = seconds
         save_json(metrics, done)
         if fold > 0:
             # This fold's cache entries copied the previous fold's rows, and hold every
             # image: the previous fold's are no longer needed (cv's disk use stays about
             # one decoded copy of the dataset, not one per fold).
-            remove_entries_under(out / f"fold{fold}",
-                                 Path(config.cache_dir) if config.cache_dir else None)
+            remove_entries_under(out / f"fold{fold}", cache_dir)
         per_fold.append(metrics)
         _pool(metrics, split[2], samples, in_fold, fold_dir, class_names,
               pooled_probabilities, predicted)
