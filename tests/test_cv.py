@@ -3,6 +3,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -39,12 +41,20 @@ def test_cv_refuses_to_split_without_patients(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
     from tumor_classifier import cache, cache_maintenance
 
     config = TrainConfig(model="seed", data_dir="", out="", epochs=1, image_size=32, workers=1,
                          cache_dir=str(tmp_path / "cache"))
-    summary = cross_validate(prepared_mias, tmp_path / "cv", config, folds=2)
+    with caplog.at_level(logging.INFO, logger="tumor_classifier.cv"):
+        summary = cross_validate(prepared_mias, tmp_path / "cv", config, folds=2)
+    progress = [record.getMessage() for record in caplog.records
+                if record.name == "tumor_classifier.cv" and "fold " in record.getMessage()]
+    assert len(progress) == 2
+    for line in progress:  # three decimals, as every other number cv prints
+        assert re.fullmatch(r"fold [12]/2: accuracy \d\.\d{3}, macro AUC \d\.\d{3}, "
+                            r"trained in \d+ s", line), line
     # The decoded images stay in the cache once, not once per fold: fold 1's entries were
     # removed when fold 2 had copied them, and fold 2's hold every film...
     entries = cache_maintenance.cache_entries(tmp_path / "cache")

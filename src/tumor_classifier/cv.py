@@ -236,8 +236,9 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         per_fold.append(metrics)
         _pool(metrics, split[2], samples, in_fold, fold_dir, class_names,
               pooled_probabilities, predicted)
+        auc = metrics["macro_auc_ovr"]  # None where a class is missing from the test fold
         logger.info("fold %d/%d: accuracy %.3f, macro AUC %s, trained in %s s", fold + 1,
-                    folds, metrics["accuracy"], metrics["macro_auc_ovr"],
+                    folds, metrics["accuracy"], "n/a" if auc is None else f"{auc:.3f}",
                     "?" if seconds is None else f"{seconds:.0f}")
 
     keys = sorted(set().union(*(_scalars(metrics) for metrics in per_fold)))
