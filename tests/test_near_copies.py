@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tumor_classifier.cache import cache_images
-from tumor_classifier.near_copies import find_near_copies, thumbnails
+from tumor_classifier.near_copies import find_near_copies, join_near_copies, thumbnails
 
 
 def test_thumbnails_see_through_brightness_and_contrast_and_ignore_constant_images() -> None:
@@ -45,3 +47,28 @@ def test_near_copies_of_real_films_are_found_and_different_films_are_not(
     made = cache_images(tmp_path, copies, 128, 1, tmp_path / "cache", crop=True)
     found = find_near_copies(thumbnails(made, range(3)), own)
     assert found.tolist() == [7, 7, 7]
+
+
+def test_patients_of_near_copies_are_joined_under_the_name_that_sorts_first(
+        prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from PIL import Image
+
+    films = sorted((prepared_mias / "train" / "NOR").glob("*.png"))[:3]
+    source = tmp_path / "flat"
+    source.mkdir()
+    names = ["a.png", "b.png", "c.png", "a_copy.jpg", "a_512.png", "broken.png"]
+    for film, name in zip(films, names, strict=False):
+        shutil.copy2(film, source / name)
+    original = Image.open(films[0]).convert("L")
+    original.save(source / "a_copy.jpg", quality=60)
+    original.resize((512, 512), Image.Resampling.BILINEAR).save(source / "a_512.png")
+    (source / "broken.png").write_bytes(b"not an image")
+    files = [source / name for name in names]
+    # a's two copies are filed under two other patients, one of them sorting before a's
+    patients = ["w3", "w1", "w2", "w9", "w0", "w4"]
+
+    joined = join_near_copies(source, files, patients)
+
+    assert joined == ["w0", "w1", "w2", "w0", "w0", "w4"]
+    assert "2 pair(s) of near-copies with different patients" in caplog.text
+    assert sorted(path.name for path in source.iterdir()) == sorted(names)  # untouched

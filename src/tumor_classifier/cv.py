@@ -22,8 +22,9 @@ from sklearn.model_selection import StratifiedGroupKFold
 from .cache_maintenance import remove_entries_under
 from .config import TrainConfig, load_json, save_json
 from .data import scan_pooled
-from .datasets import join_near_copies, link_file, read_patients, write_csv
+from .datasets import link_file, read_patients, write_csv
 from .evaluate import write_evaluation
+from .near_copies import join_near_copies
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         out: where the fold folders, run directories and the summary go.
         config: training options; `data_dir` and `out` are set per fold.
         group_near_copies: first join the patients of near-copies of one picture
-            (`datasets.join_near_copies`), so that no picture is on both sides of a fold.
+            (`near_copies.join_near_copies`), so that no picture is on both sides of a fold.
 
     Returns:
         The summary (also `out/cv_summary.json`).

@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .cache import cache_images
 from .config import SPLITS
 from .data import scan_pooled, split_folders
-from .near_copies import near_copy_pairs, thumbnails
+from .near_copies import join_near_copies
 
 logger = logging.getLogger(__name__)
 
@@ -305,39 +304,6 @@ def _patients_from_names(pattern: str, names: list[str]) -> list[str]:
             f"file name(s), e.g. {missing[0]}; fix the pattern or pass --groups CSV."
         )
     return patients
-
-
-def join_near_copies(source: Path, files: Sequence[Path], patients: Sequence[str],
-                     workers: int = 0) -> list[str]:
-    """`patients` with the patients of near-copies (`near_copies.find_near_copies`: the same
-    picture re-saved, re-encoded or resized) joined under the name that sorts first, so no
-    split or fold holds one picture on both sides. Images are decoded once at 64 pixels
-    with the breast crop (the measured threshold holds there too); unreadable ones are left
-    to `train` to report."""
-    images = cache_images(source, files, 64, 1, None, workers, "looking for near-copies",
-                          crop=True)
-    readable = [row for row in range(len(files)) if row not in images.failures]
-    parent = {patient: patient for patient in patients}
-
-    def root(patient: str) -> str:
-        while parent[patient] != patient:
-            patient = parent[patient]
-        return patient
-
-    joined = []
-    for first, second in near_copy_pairs(thumbnails(images, readable)):
-        a, b = root(patients[readable[first]]), root(patients[readable[second]])
-        if a != b:
-            parent[max(a, b)] = min(a, b)
-            joined.append((files[readable[first]], files[readable[second]]))
-    if joined:
-        logger.warning(
-            "%s: %d pair(s) of near-copies with different patients, e.g. %s and %s: their "
-            "patients are split as one (split.csv gives them the name that sorts first)",
-            source, len(joined), *joined[0])
-    else:
-        logger.info("%s: no near-copies across patients", source)
-    return [root(patient) for patient in patients]
 
 
 def prepare_folders(

@@ -10,11 +10,16 @@ under two patients on one side of the split (`--group-near-copies`).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .cache import cache_images
+
+logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 16
 # Measured on the 240 prepared mini-MIAS films at 64, 128 and 256 pixels
@@ -111,3 +116,36 @@ def read_thumbnails(run_dir: Path
     with np.load(path) as saved:
         return {name: (saved[name].astype(np.float32), saved[f"{name}_files"].tolist())
                 for name in saved.files if not name.endswith("_files")}
+
+
+def join_near_copies(source: Path, files: Sequence[Path], patients: Sequence[str],
+                     workers: int = 0) -> list[str]:
+    """`patients` with the patients of near-copies (`find_near_copies`: the same
+    picture re-saved, re-encoded or resized) joined under the name that sorts first, so no
+    split or fold holds one picture on both sides. Images are decoded once at 64 pixels
+    with the breast crop (the measured threshold holds there too); unreadable ones are left
+    to `train` to report."""
+    images = cache_images(source, files, 64, 1, None, workers, "looking for near-copies",
+                          crop=True)
+    readable = [row for row in range(len(files)) if row not in images.failures]
+    parent = {patient: patient for patient in patients}
+
+    def root(patient: str) -> str:
+        while parent[patient] != patient:
+            patient = parent[patient]
+        return patient
+
+    joined = []
+    for first, second in near_copy_pairs(thumbnails(images, readable)):
+        a, b = root(patients[readable[first]]), root(patients[readable[second]])
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+            joined.append((files[readable[first]], files[readable[second]]))
+    if joined:
+        logger.warning(
+            "%s: %d pair(s) of near-copies with different patients, e.g. %s and %s: their "
+            "patients are split as one (split.csv gives them the name that sorts first)",
+            source, len(joined), *joined[0])
+    else:
+        logger.info("%s: no near-copies across patients", source)
+    return [root(patient) for patient in patients]
