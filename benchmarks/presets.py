@@ -36,6 +36,7 @@ from pipeline import EpochTimer  # noqa: E402
 
 from tumor_classifier.config import default_image_size  # noqa: E402
 from tumor_classifier.models import PRESETS, PRETRAINED, build_model  # noqa: E402
+from tumor_classifier.options import default_rate_and_epochs  # noqa: E402
 
 # (preset, channels, what it is)
 DEFAULT_ROWS = [
@@ -59,7 +60,7 @@ def measure(name: str, channels: int, images: int, epochs: int) -> tuple[float, 
     keras.utils.set_random_seed(0)
     weights = "imagenet" if name == "efficientnet_lite0" else None
     model = build_model(name, (size, size, channels), 3, weights=weights)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4 if weights else 1e-3),
+    model.compile(optimizer=keras.optimizers.Adam(default_rate_and_epochs(weights is not None)[0]),
                   loss="categorical_crossentropy", metrics=["accuracy"])
     timer = EpochTimer()
     model.fit(x, y, batch_size=32, epochs=epochs, callbacks=[timer], verbose=0)
@@ -94,7 +95,8 @@ def main() -> None:
         train_rate = statistics.median(run[0] for run in runs)
         predict_rate = statistics.median(run[1] for run in runs)
         size = default_image_size(name)
-        epochs = 20 if name in PRETRAINED else 10  # `options.fill_defaults` with weights
+        # `train`'s default: efficientnet_b0 too is fine-tuned from ImageNet by default
+        epochs = default_rate_and_epochs(name in PRETRAINED)[1]
         minutes = 1000 * epochs / train_rate / 60
         print(f"| `{name}`: {what} | {size}×{size}×{channels} | {runs[0][2]:,} | "
               f"{train_rate:.0f} | {predict_rate:.0f} | {epochs} | {minutes:.1f} |",

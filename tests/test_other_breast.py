@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from tumor_classifier.cache import cache_images
+from tumor_classifier.data import read_split_table
+from tumor_classifier.datasets import write_csv
 from tumor_classifier.other_breast import (
     WithOtherBreast,
     other_breast_rows,
@@ -82,25 +84,25 @@ def test_real_films_are_paired_with_their_other_breast_and_every_unusable_row_is
 ) -> None:
     # Two women's real films (both breasts each), a third woman's film whose other breast
     # is not among the files, and an unreadable file whose other breast is a real film.
-    with (prepared_mias / "split.csv").open(encoding="utf-8") as handle:
-        rows = [line.rstrip("\n").split(",") for line in handle][1:]
-    by_file = {row[0]: row for row in rows if row[3] == "train"}
-    women: list[str] = []
-    for row in by_file.values():
-        if row[2] not in women:
-            women.append(row[2])
-    chosen = [row for row in by_file.values() if row[2] in women[:3]][:5]
+    found = read_split_table(prepared_mias)
+    assert found is not None
+    by_woman: dict[str, list[dict[str, str]]] = {}
+    for row in found[1]:
+        if row["split"] == "train":
+            by_woman.setdefault(row["patient_id"], []).append(row)
+    women = [films for films in by_woman.values() if len(films) == 2][:3]
+    chosen = [*women[0], *women[1], women[2][0]]
     data = tmp_path / "data"
     for row in chosen:
-        (data / row[0]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(prepared_mias / row[0], data / row[0])
-    broken = "train/NOR/broken.png"
-    (data / broken).write_bytes(b"not an image")
-    lines = ["file,label,patient_id,split,other_breast"]
-    lines += [",".join(row) for row in chosen]
-    lines.append(f"{broken},NOR,nobody,train,{chosen[0][0]}")
-    (data / "split.csv").write_text("\n".join(lines) + "\n")
-    files = [data / row[0] for row in chosen] + [data / broken]
+        (data / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(prepared_mias / row["file"], data / row["file"])
+    broken = {"file": "train/NOR/broken.png", "label": "NOR", "patient_id": "nobody",
+              "split": "train", "other_breast": chosen[0]["file"]}
+    (data / broken["file"]).write_bytes(b"not an image")
+    header = list(broken)
+    write_csv(data / "split.csv", header, [[row[key] for key in header]
+                                           for row in [*chosen, broken]])
+    files = [data / row["file"] for row in [*chosen, broken]]
 
     images = cache_images(data / "train", files, 32, 1, cache_dir=tmp_path / "cache")
     paired, failures = pair_with_other_breasts(images, files)
@@ -110,9 +112,9 @@ def test_real_films_are_paired_with_their_other_breast_and_every_unusable_row_is
     assert sorted(failures) == [4, 5]
     assert failures[4].startswith(f"{files[4]}: no other breast beside it")
     assert failures[5] == images.failures[5]
-    position = {str(data / row[0]): index for index, row in enumerate(chosen)}
+    position = {row["file"]: index for index, row in enumerate(chosen)}
     for index, row in enumerate(chosen[:4]):
-        other = position[str(data / row[4])]
+        other = position[row["other_breast"]]
         batch = paired[np.array([index])]
         assert batch.shape == (1, 32, 32, 2)
         np.testing.assert_array_equal(batch[0, ..., 0], images[np.array([index])][0, ..., 0])

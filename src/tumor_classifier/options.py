@@ -96,6 +96,17 @@ def check_options(config: TrainConfig) -> None:
         raise ValueError(f"--sampling {config.sampling!r}: use shuffle or balanced.")
 
 
+def default_rate_and_epochs(pretrained: bool) -> tuple[float, int]:
+    """--learning-rate and --epochs when not given: 1e-3 for 10 epochs from scratch, as the
+    original project trained; 1e-4 for 20 when fine-tuning pretrained weights.
+
+    Fine-tuning at a tenth of the rate takes more steps: efficientnet_lite0 from ImageNet
+    scored higher at 20 epochs than at 10 on lesion patches (README, "How long to
+    fine-tune").
+    """
+    return (1e-4, 20) if pretrained else (1e-3, 10)
+
+
 def fill_defaults(config: TrainConfig, train_folder: ImageFolder,
                    validation_folder: ImageFolder) -> tuple[TrainConfig, str | None]:
     """`config` with what was left to the defaults resolved for these splits (config.json
@@ -123,15 +134,9 @@ def fill_defaults(config: TrainConfig, train_folder: ImageFolder,
                                                                 backbone_weights)
     elif backbone_weights == "none":
         backbone_weights = None
-    learning_rate = config.learning_rate
-    if learning_rate is None:
-        learning_rate = 1e-3 if backbone_weights is None else 1e-4
-    epochs = config.epochs
-    if epochs is None:
-        # Fine-tuning at a tenth of the rate takes more steps: efficientnet_lite0 from
-        # ImageNet scored higher at 20 epochs than at 10 on lesion patches (README,
-        # "How long to fine-tune"). From scratch, 10, as the original project trained.
-        epochs = 10 if backbone_weights is None else 20
+    learning_rate, epochs = default_rate_and_epochs(backbone_weights is not None)
+    learning_rate = config.learning_rate if config.learning_rate is not None else learning_rate
+    epochs = config.epochs if config.epochs is not None else epochs
     config = dataclasses.replace(config, learning_rate=learning_rate, epochs=epochs,
                                  weights=backbone_weights or config.weights)
     return config, backbone_weights
