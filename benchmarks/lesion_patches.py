@@ -1,6 +1,6 @@
 """Where the limit is: a lesion-patch classifier tested on women it never saw.
 
-    python benchmarks/lesion_patches.py CV_DIR [--model mammo_net] [--epochs 15]
+    python benchmarks/lesion_patches.py CV_DIR [--model mammo_net] [--epochs 15] [--scores CSV]
 
 CV_DIR is a finished `tumor-classifier cv` run on a dataset with `annotations.csv` (lesion
 circles; `prepare mini-mias` writes them). For each fold, a patch classifier is trained on
@@ -13,9 +13,12 @@ their film's class, random breast-tissue patches of normal films; `patches.sampl
   the lesion is handed to the model, so only its appearance is judged;
 - abnormal vs normal film: the classifier slid over each held-out film (windows centred every
   16 pixels on breast tissue), the film scored by the mean abnormality log-odds of its three
-  most suspicious windows; no whole-film training.
+  most suspicious windows; no whole-film training;
+- the same, less the score of the woman's other breast (where `split.csv` names it): a
+  lesion is in one breast, dense tissue that looks like one is usually in both.
 
-Prints one line per fold and the mean ± sd over folds.
+Prints one line per fold and the mean ± sd over folds; `--scores` writes every held-out
+film's two scores (file, fold, label, film score, less the other breast's) to a CSV.
 """
 
 from __future__ import annotations
@@ -61,9 +64,10 @@ def main() -> None:
     parser.add_argument("cv_dir", type=Path)
     parser.add_argument("--model", default="mammo_net")
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--scores", type=Path, help="CSV of every held-out film's scores")
     args = parser.parse_args()
     normal = CLASSES.index("NOR")
-    results = []
+    results, score_rows = [], []
     for fold_dir in sorted(args.cv_dir.glob("fold*")):
         data = fold_dir / "data"
         with (data / "split.csv").open(encoding="utf-8") as f:
@@ -87,20 +91,36 @@ def main() -> None:
         lesion = y_test != normal
         benign_or_malignant = p[lesion, 1] / (p[lesion, 0] + p[lesion, 1] + 1e-9)
         films, labels = parts["test"]
-        scores = [film_score(model, path) for path in films]
+        scores = {path: film_score(model, path) for path in films}
+        other = {data / row["file"]: data / row["other_breast"] for row in rows
+                 if row["split"] == "test" and row.get("other_breast")}
+        asymmetry = {path: scores[path] - scores[other[path]] for path in films
+                     if other.get(path) in scores}
+        abnormal = {path: label != normal for path, label in zip(films, labels, strict=True)}
         result = (roc_auc_score(lesion, 1 - p[:, normal]),
                   roc_auc_score(y_test[lesion] == CLASSES.index("CAN"), benign_or_malignant),
-                  roc_auc_score(np.array(labels) != normal, scores))
+                  roc_auc_score(list(abnormal.values()), list(scores.values())),
+                  roc_auc_score([abnormal[path] for path in asymmetry],
+                                list(asymmetry.values())) if asymmetry else float("nan"))
+        score_rows += [{"file": path.relative_to(data).as_posix(), "fold": fold_dir.name,
+                        "label": CLASSES[label], "film_score": f"{scores[path]:.4f}",
+                        "less_other_breast": f"{asymmetry[path]:.4f}" if path in asymmetry
+                        else ""} for path, label in zip(films, labels, strict=True)]
         results.append(result)
         print(f"{fold_dir.name}: {len(y_train)} training patches {np.bincount(y_train).tolist()}"
               f", {len(y_test)} held-out; lesion vs normal tissue {result[0]:.3f}, malignant "
-              f"vs benign lesion {result[1]:.3f}, abnormal vs normal film {result[2]:.3f}",
-              flush=True)
+              f"vs benign lesion {result[1]:.3f}, abnormal vs normal film {result[2]:.3f}, "
+              f"less its other breast {result[3]:.3f} ({len(asymmetry)} films)", flush=True)
+    if args.scores:
+        with args.scores.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(score_rows[0]))
+            writer.writeheader()
+            writer.writerows(score_rows)
     mean, sd = np.mean(results, axis=0), np.std(results, axis=0, ddof=1)
     print(f"{args.model}, {args.epochs} patch epochs, {len(results)} folds of {args.cv_dir}: "
           + ", ".join(f"{name} {m:.3f} ± {s:.3f}" for name, m, s in zip(
               ("lesion vs normal tissue", "malignant vs benign lesion",
-               "abnormal vs normal film"), mean, sd, strict=True)))
+               "abnormal vs normal film", "less its other breast"), mean, sd, strict=True)))
 
 
 if __name__ == "__main__":

@@ -347,7 +347,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
-    import os
     import subprocess
 
     if not (args.run_dir / "model.keras").is_file():
