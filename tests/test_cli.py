@@ -22,8 +22,9 @@ def test_predict_prints_every_class_and_exits_nonzero_after_a_bad_file(
     bad.write_text("hello")
     code = main(["predict", str(trained_run), str(films[0]), str(bad), str(films[1]),
                  str(trained), "--csv", str(tmp_path / "out.csv")])
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 1
+    assert "1 of 4 file(s) could not be classified (see the lines above)." in err
     for film in films:
         assert f"{film}: " in out and "BEN " in out and "CAN " in out and "NOR " in out
     assert out.count("not a test of the model") == 1

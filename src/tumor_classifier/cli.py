@@ -312,7 +312,7 @@ def _predict(args: argparse.Namespace) -> int:
                        others[0] if others else None)
     failed = sum(1 for result in results if result.error)
     if failed:
-        print(f"{failed} of {len(results)} file(s) could not be read (see the lines above).",
+        print(f"{failed} of {len(results)} file(s) could not be classified (see the lines above).",
               file=sys.stderr)
         return 1
     return 0

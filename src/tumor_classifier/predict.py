@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Prediction:
-    """One file's result: probabilities per class, or the reason it could not be read."""
+    """One file's result: probabilities per class, or the reason it could not be classified."""
 
     file: str
     probabilities: dict[str, float] = field(default_factory=dict)
