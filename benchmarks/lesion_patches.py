@@ -31,7 +31,9 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from tumor_classifier.datasets import write_csv
 from tumor_classifier.models import abnormality_log_odds, build_model
+from tumor_classifier.other_breast import other_breasts
 from tumor_classifier.patches import (
     TISSUE_LEVEL,
     load_annotations,
@@ -92,30 +94,27 @@ def main() -> None:
         benign_or_malignant = p[lesion, 1] / (p[lesion, 0] + p[lesion, 1] + 1e-9)
         films, labels = parts["test"]
         scores = {path: film_score(model, path) for path in films}
-        other = {data / row["file"]: data / row["other_breast"] for row in rows
-                 if row["split"] == "test" and row.get("other_breast")}
-        asymmetry = {path: scores[path] - scores[other[path]] for path in films
-                     if other.get(path) in scores}
+        held_out = {path.resolve(): path for path in films}  # other_breasts resolves
+        asymmetry = {path: scores[path] - scores[held_out[other]] for path, other
+                     in zip(films, other_breasts(films), strict=True) if other in held_out}
         abnormal = {path: label != normal for path, label in zip(films, labels, strict=True)}
         result = (roc_auc_score(lesion, 1 - p[:, normal]),
                   roc_auc_score(y_test[lesion] == CLASSES.index("CAN"), benign_or_malignant),
                   roc_auc_score(list(abnormal.values()), list(scores.values())),
                   roc_auc_score([abnormal[path] for path in asymmetry],
                                 list(asymmetry.values())) if asymmetry else float("nan"))
-        score_rows += [{"file": path.relative_to(data).as_posix(), "fold": fold_dir.name,
-                        "label": CLASSES[label], "film_score": f"{scores[path]:.4f}",
-                        "less_other_breast": f"{asymmetry[path]:.4f}" if path in asymmetry
-                        else ""} for path, label in zip(films, labels, strict=True)]
+        score_rows += [[path.relative_to(data).as_posix(), fold_dir.name, CLASSES[label],
+                        f"{scores[path]:.4f}",
+                        f"{asymmetry[path]:.4f}" if path in asymmetry else ""]
+                       for path, label in zip(films, labels, strict=True)]
         results.append(result)
         print(f"{fold_dir.name}: {len(y_train)} training patches {np.bincount(y_train).tolist()}"
               f", {len(y_test)} held-out; lesion vs normal tissue {result[0]:.3f}, malignant "
               f"vs benign lesion {result[1]:.3f}, abnormal vs normal film {result[2]:.3f}, "
               f"less its other breast {result[3]:.3f} ({len(asymmetry)} films)", flush=True)
     if args.scores:
-        with args.scores.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(score_rows[0]))
-            writer.writeheader()
-            writer.writerows(score_rows)
+        write_csv(args.scores, ["file", "fold", "label", "film_score", "less_other_breast"],
+                  score_rows)
     mean, sd = np.mean(results, axis=0), np.std(results, axis=0, ddof=1)
     print(f"{args.model}, {args.epochs} patch epochs, {len(results)} folds of {args.cv_dir}: "
           + ", ".join(f"{name} {m:.3f} ± {s:.3f}" for name, m, s in zip(
