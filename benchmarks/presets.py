@@ -2,7 +2,7 @@
 by default, so that a user can tell how long the default command will take on their data.
 
     python benchmarks/presets.py [--models seed efficientnet_lite0 ...] [--images 128]
-                                 [--epochs 4] [--repeats 3]
+                                 [--epochs 4] [--repeats 3] [--image-size N]
 
 Random images in memory, batch 32, float32, Adam and cross-entropy as `train` compiles
 them: only the model's arithmetic is timed (the decoded-image cache feeds `fit` at the
@@ -14,7 +14,9 @@ fresh models. `seed` is measured twice: with the other breast as a second channe
 original recipe). `efficientnet_lite0` loads its ImageNet weights (installed with the
 package) with BatchNorm frozen, as `--model auto` fine-tunes it elsewhere;
 `efficientnet_b0` is built with random weights (Keras cannot download ImageNet weights
-here), which costs the same arithmetic.
+here), which costs the same arithmetic. `--image-size N` measures every row at N pixels
+instead of its preset's default (for example `--models efficientnet_lite0 --image-size 128`,
+the fast option the README measures in "Which input size for efficientnet_lite0").
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ DEFAULT_ROWS = [
 ]
 
 
-def measure(name: str, channels: int, images: int, epochs: int) -> tuple[float, float, int]:
+def measure(name: str, channels: int, size: int, images: int,
+            epochs: int) -> tuple[float, float, int]:
     """(training images/s, prediction images/s, parameters) of one fresh model."""
-    size = default_image_size(name)
     rng = np.random.default_rng(0)
     x = rng.random((images, size, size, channels), np.float32)
     y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, images)]
@@ -82,6 +84,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=128, help="images per epoch")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--image-size", type=int,
+                        help="input side for every row (default: each preset's own)")
     args = parser.parse_args()
     rows = [row for row in DEFAULT_ROWS if not args.models or row[0] in args.models]
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -91,10 +95,11 @@ def main() -> None:
           "epochs | training minutes per 1,000 images |")
     print("|---|---|---|---|---|---|---|")
     for name, channels, what in rows:
-        runs = [measure(name, channels, args.images, args.epochs) for _ in range(args.repeats)]
+        size = args.image_size or default_image_size(name)
+        runs = [measure(name, channels, size, args.images, args.epochs)
+                for _ in range(args.repeats)]
         train_rate = statistics.median(run[0] for run in runs)
         predict_rate = statistics.median(run[1] for run in runs)
-        size = default_image_size(name)
         # `train`'s default: efficientnet_b0 too is fine-tuned from ImageNet by default
         epochs = default_rate_and_epochs(name in PRETRAINED)[1]
         minutes = 1000 * epochs / train_rate / 60
