@@ -276,3 +276,42 @@ def test_tta_averages_each_image_with_its_top_bottom_flip(trained_run: Path, pre
             if Path(row["file"]) in with_tta:
                 assert float(row["prob_CAN"]) == pytest.approx(
                     with_tta[Path(row["file"])].probabilities["CAN"], abs=1e-5)
+
+
+def test_tta_default_is_the_runs_and_the_flags_override_it(trained_run: Path, films: list[Path],
+                                                           tmp_path: Path, capsys) -> None:
+    from tumor_classifier.cli import main
+
+    # The same model, recorded as trained with top-bottom flips (as train writes it).
+    flipped_run = tmp_path / "flipped"
+    shutil.copytree(trained_run, flipped_run, ignore=shutil.ignore_patterns("evaluation"))
+    config = json.loads((flipped_run / "config.json").read_text())
+    assert config["tta"] is False
+    (flipped_run / "config.json").write_text(json.dumps({**config, "tta": True}))
+    assert Classifier.load(flipped_run).tta and not Classifier.load(trained_run).tta
+    sample = films[:2]
+    plain = [result.probabilities for result in Classifier.load(trained_run).predict(sample)]
+    averaged = [result.probabilities
+                for result in Classifier.load(trained_run, tta=True).predict(sample)]
+    assert plain != averaged
+
+    def predicted(*options: str) -> list[dict[str, float]]:
+        out = tmp_path / "predictions.csv"
+        assert main(["predict", str(flipped_run), *map(str, sample), "--csv", str(out),
+                     *options]) == 0
+        with out.open() as handle:
+            return [{name: float(row[f"prob_{name}"]) for name in ("BEN", "CAN", "NOR")}
+                    for row in csv.DictReader(handle)]
+
+    for options, expected in (((), averaged), (("--no-tta",), plain), (("--tta",), averaged)):
+        for got, want in zip(predicted(*options), expected, strict=True):
+            assert got == pytest.approx(want, abs=1e-5), options
+    capsys.readouterr()
+    assert main(["evaluate", str(flipped_run), str(films[0].parent.parent), "--out",
+                 str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.txt").read_text()
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["tta"] is True
+    assert "averaged with its top-bottom flip's (TTA)" in report
+    assert main(["evaluate", str(flipped_run), str(films[0].parent.parent), "--out",
+                 str(tmp_path / "plain"), "--no-tta"]) == 0
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["tta"] is False

@@ -31,6 +31,15 @@ def test_onnx_gives_the_keras_probabilities_on_real_films(
                                          strict=True):
         for name, value in keras_result.probabilities.items():
             assert onnx_result.probabilities[name] == pytest.approx(value, abs=1e-4)
+    # The run's test-time augmentation default travels in the metadata (off for seed), and
+    # turned on it averages with the top-bottom flip as the Keras model does.
+    assert onnx_classifier.config["tta"] is False and not onnx_classifier.tta
+    onnx_classifier.tta = True
+    keras_flipped = Classifier.load(trained_run, tta=True).predict(films[:2])
+    for keras_result, onnx_result in zip(keras_flipped, onnx_classifier.predict(films[:2]),
+                                         strict=True):
+        for name, value in keras_result.probabilities.items():
+            assert onnx_result.probabilities[name] == pytest.approx(value, abs=1e-4)
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tumor_classifier.models import PRESETS, build_model
+from tumor_classifier.models import PRESETS, build_model, flips_top_bottom
 
 
 def test_seed_preset_is_the_original_architecture() -> None:
@@ -32,11 +32,13 @@ def test_no_preset_flips_films_left_right_in_training(name: str) -> None:
         inner = getattr(model, "layers", [])
         return [model, *(layer for child in inner for layer in layers(child))]
 
-    flips = [layer.mode for layer in layers(build_model(name, (64, 64, 1), 3))
-             if isinstance(layer, keras.layers.RandomFlip)]
+    model = build_model(name, (64, 64, 1), 3)
+    flips = [layer.mode for layer in layers(model) if isinstance(layer, keras.layers.RandomFlip)]
     assert all(mode == "vertical" for mode in flips), flips
     if name not in ("seed", "efficientnet_b0"):  # the presets with augmentation layers
         assert flips == ["vertical"]
+    # and so test-time augmentation with that flip is their default (config.json "tta")
+    assert flips_top_bottom(model) == (name != "seed")
 
 
 def test_unknown_preset_lists_the_valid_ones() -> None:

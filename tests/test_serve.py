@@ -61,6 +61,7 @@ def test_predict_matches_the_cli_and_heatmap_is_a_png(client: TestClient, traine
     assert client.get("/healthz").json() == {"status": "ok"}
     card = client.get("/v1/model").json()
     assert card["class_names"] == ["BEN", "CAN", "NOR"]
+    assert card["tta"] is False  # seed trains without flips: no ?tta= means no TTA
     assert "not a medical device" in card["notice"]
 
 

@@ -207,7 +207,19 @@ def test_pretrained_preset_fine_tunes_on_real_films_at_a_tenth_of_the_rate(
                                 validation_steps=1, workers=1))
     assert json.loads((scratch / "config.json").read_text())["epochs_run"] == 10
     assert config["training"]["weights"] == "imagenet"
+    # Trained with top-bottom flips, it predicts with them by default (seed does not), and
+    # its temperature, thresholds and validation report were fitted on those predictions.
+    assert config["tta"] is True
+    assert json.loads((scratch / "config.json").read_text())["tta"] is False
     classifier = Classifier.load(run_dir)
+    assert classifier.tta and not Classifier.load(run_dir, tta=False).tta
+    validation = run_dir / "evaluation" / "validation"
+    assert json.loads((validation / "metrics.json").read_text())["tta"] is True
+    with (validation / "predictions.csv").open() as handle:
+        row = next(csv.DictReader(handle))
+    (again,) = classifier.predict([row["file"]])
+    for name, value in again.probabilities.items():
+        assert float(row[f"prob_{name}"]) == pytest.approx(value, abs=1e-5)
     # Fine-tuned, but the frozen BatchNormalization still holds the ImageNet statistics.
     norm = classifier.model.get_layer("backbone").get_layer("head_bn")
     np.testing.assert_array_equal(np.asarray(norm.moving_mean),

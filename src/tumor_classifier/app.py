@@ -175,8 +175,10 @@ def main() -> None:
             "Upload mammograms (PNG, JPEG, TIFF, PGM or DICOM; nothing is stored)",
             type=UPLOAD_TYPES, accept_multiple_files=True)
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.4, 0.05)
-    # Off by default, as in `evaluate` and `predict` (--tta): it doubles the forward passes.
-    tta = st.checkbox("Test-time augmentation: average with the image flipped top to bottom")
+    # The run's default, as in `evaluate` and `predict` (--tta/--no-tta): on for models
+    # trained with top-bottom flips.
+    tta = st.checkbox("Test-time augmentation: average with the image flipped top to bottom",
+                      value=classifier.tta)
     if not uploads or (classifier.other_breast and other_breast is None):
         st.stop()
     for upload in uploads:

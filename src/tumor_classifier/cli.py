@@ -22,6 +22,9 @@ from .config import TrainConfig, describe_class
 
 logger = logging.getLogger("tumor_classifier")
 
+TTA_HELP = ("average over the image and its top-bottom flip (default: as the run records: "
+            "on for models trained with that flip, such as efficientnet_lite0)")
+
 
 def _fractions(text: str) -> tuple[float, float, float]:
     message = f"expected three numbers like 0.6,0.2,0.2, got {text!r}"
@@ -161,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=None)
     evaluate.add_argument("--workers", type=int, default=0)
     evaluate.add_argument("--cache-dir", type=Path, default=None)
-    evaluate.add_argument("--tta", action="store_true",
-                          help="average over the image and its top-bottom flip")
+    evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                          help=TTA_HELP)
 
     predict = commands.add_parser(
         "predict", help="classify image files or folders",
@@ -172,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--onnx", type=Path, default=None,
                          help="use this ONNX export with onnxruntime (no TensorFlow needed)")
     predict.add_argument("--csv", type=Path, default=None, help="write results to this CSV")
-    predict.add_argument("--tta", action="store_true",
-                         help="average over the image and its top-bottom flip")
+    predict.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                         help=TTA_HELP)
     predict.add_argument("--heatmap", type=Path, default=None,
                          help="write the Grad-CAM overlay of the (single) file to this PNG")
     predict.add_argument("--other-breast", type=Path, action="append", default=None,
@@ -280,7 +283,8 @@ def _predict(args: argparse.Namespace) -> int:
         from .export import load_onnx_classifier
 
         classifier = load_onnx_classifier(args.onnx)
-        classifier.tta = args.tta
+        if args.tta is not None:
+            classifier.tta = args.tta
     else:
         if len(paths) < 2:
             raise ValueError("predict needs RUN_DIR and at least one image file or folder.")

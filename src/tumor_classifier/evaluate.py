@@ -80,7 +80,9 @@ def format_summary(metrics: dict[str, Any], report: str) -> str:
             "(predictions.csv: near_copy_of).")
     lines += [
         f"n = {metrics['n']} images; 95% CIs: bootstrap over "
-        f"{metrics.get('bootstrap_unit', 'images')}",
+        f"{metrics.get('bootstrap_unit', 'images')}"
+        + ("; each image's probabilities averaged with its top-bottom flip's (TTA)"
+           if metrics.get("tta") else ""),
         f"accuracy           {metrics['accuracy']:.3f}{_interval(intervals, 'accuracy')}",
         f"majority baseline  {metrics['majority_baseline']:.3f} "
         f"(always '{metrics['majority_class']}')",
@@ -117,13 +119,17 @@ def write_evaluation(
     thresholds: dict[str, float] | None = None,
     copies: Sequence[tuple[str, str] | None] | None = None,
     checked_splits: Sequence[str] = (),
+    tta: bool | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, predictions.csv, report.txt and the plots into `out`.
 
     `copies` (from `near_copy_sources`, checked against `checked_splits`) adds the column
-    `near_copy_of` to predictions.csv and their counts to the metrics and the report."""
+    `near_copy_of` to predictions.csv and their counts to the metrics and the report;
+    `tta`, whether the probabilities are test-time augmented, is recorded with them."""
     out.mkdir(parents=True, exist_ok=True)
     metrics = compute_metrics(labels, probabilities, class_names, thresholds)
+    if tta is not None:
+        metrics["tta"] = tta
     metrics["confidence_intervals"] = bootstrap_intervals(
         labels, probabilities, class_names, groups, BOOTSTRAP_RESAMPLES)
     metrics["bootstrap_unit"] = "patients (split.csv)" if groups else "images"
@@ -170,7 +176,7 @@ def evaluate(
     out: Path | str | None = None,
     workers: int = 0,
     cache_dir: Path | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained run on a class-folder dataset and write the report.
 
@@ -178,7 +184,8 @@ def evaluate(
         run_dir: a run directory written by `train`.
         data_dir: a folder with one subfolder per class (for example `DATA/test`).
         out: where the report goes; default `RUN_DIR/evaluation/<data folder name>`.
-        tta: average the predictions of the image and its top-bottom flip.
+        tta: average the predictions of the image and its top-bottom flip; None: as the
+            run's config.json says (`Classifier`).
 
     Returns:
         The metrics (also in `metrics.json`).
@@ -217,6 +224,7 @@ def evaluate(
     metrics = write_evaluation(
         out, files, labels, probabilities, classifier.class_names, list(failures.values()),
         patient_groups(files, data_dir), classifier.thresholds, copies, checked,
+        classifier.tta,
     )
     metrics["report_dir"] = str(out)
     return metrics

@@ -33,6 +33,9 @@ def _metadata(run_dir: Path) -> dict[str, Any]:
         "channels": config["channels"],
         "preprocessing": config.get("preprocessing", {}),
         "calibration": config.get("calibration", {}),
+        # Test-time augmentation (the mean with the top-bottom flip), repeated by
+        # `predict --onnx` as by the Keras model.
+        "tta": bool(config.get("tta", False)),
         "input": "float32 (batch, image_size, image_size, channels), pixels in [0, 1] from "
                  "tumor_classifier.imaging.read_image + preprocess; with "
                  "preprocessing.other_breast, the other breast's channels follow",

@@ -285,6 +285,14 @@ PRETRAINED = {
 }
 
 
+def flips_top_bottom(model: keras.Model) -> bool:
+    """Whether `model` is trained on images flipped top to bottom (a `RandomFlip` layer
+    with a vertical mode): then that flip shows it nothing new, and `train` records
+    test-time augmentation with it as the run's default (config.json "tta")."""
+    return any(isinstance(layer, layers.RandomFlip) and "vertical" in layer.mode
+               for layer in model.layers)
+
+
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
                 weights: str | None = None, normal_index: int | None = None) -> keras.Model:
     """Build a model preset.

@@ -51,11 +51,13 @@ class Classifier:
     """A trained model with the preprocessing recorded in its run directory."""
 
     def __init__(self, model: Any, config: dict[str, Any], run_dir: Path | None = None,
-                 tta: bool = False) -> None:
+                 tta: bool | None = None) -> None:
         self.model = model
         self.config = config
         self.run_dir = run_dir
-        self.tta = tta
+        # None: the run's own default, which `train` records (on for models trained with
+        # top-bottom flips; off for runs from before 2026-12-06).
+        self.tta: bool = bool(config.get("tta", False)) if tta is None else tta
         self.class_names: tuple[str, ...] = tuple(config["class_names"])
         self.image_size: int = int(config["image_size"])
         self.channels: int = int(config["channels"])
@@ -71,7 +73,7 @@ class Classifier:
         self.fitted_on = read_thumbnails(run_dir) if run_dir is not None else None
 
     @classmethod
-    def load(cls, run_dir: Path | str, tta: bool = False) -> Classifier:
+    def load(cls, run_dir: Path | str, tta: bool | None = None) -> Classifier:
         """Load `model.keras` and `config.json` from a run directory written by `train`."""
         import keras
 

@@ -2,7 +2,8 @@
 
     POST /v1/predict   multipart field `file` (PNG, JPEG, TIFF, PGM or DICOM); `?heatmap=true`
                        adds the Grad-CAM overlay as a base64 PNG; `?tta=true` averages
-                       the image's probabilities with its top-bottom flip's
+                       the image's probabilities with its top-bottom flip's (`?tta=false`
+                       does not; by default, as the run records)
     GET  /v1/model     the model card
     GET  /healthz      liveness
 
@@ -69,6 +70,7 @@ class ModelCard(BaseModel):
     training_data: dict[str, Any]
     trained: str | None
     evaluation: dict[str, Any] | None
+    tta: bool  # what /v1/predict does without ?tta=
     notice: str
 
 
@@ -112,7 +114,8 @@ def create_app(run_dir: Path | str) -> FastAPI:
             input_shape=list(config.get("input_shape") or [
                 classifier.image_size, classifier.image_size, classifier.channels]),
             preprocessing=config.get("preprocessing", {}), training_data=config.get("data", {}),
-            trained=config.get("finished"), evaluation=evaluation, notice=NOTICE)
+            trained=config.get("finished"), evaluation=evaluation, tta=classifier.tta,
+            notice=NOTICE)
 
     def _read(upload: UploadFile, name: str) -> bytes:
         data = upload.file.read(MAX_UPLOAD_BYTES + 1)
@@ -125,9 +128,10 @@ def create_app(run_dir: Path | str) -> FastAPI:
     def predict(
         file: Annotated[UploadFile, File(description="PNG, JPEG, TIFF, PGM or DICOM image")],
         heatmap: Annotated[bool, Query(description="add the Grad-CAM overlay")] = False,
-        tta: Annotated[bool, Query(description="test-time augmentation: average the "
-                                   "probabilities of the image and its top-bottom flip")
-                       ] = False,
+        tta: Annotated[bool | None, Query(
+            description="test-time augmentation: average the probabilities of the image "
+                        "and its top-bottom flip (default: as the run records: on for "
+                        "models trained with that flip)")] = None,
         other_breast: Annotated[UploadFile | None, File(
             description="models trained with --other-breast: the same woman's other "
                         "breast (same view)")] = None,
