@@ -95,6 +95,9 @@ def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path,
     assert saved["near_copies_in_test_folds"] == 0 and "WARNING" not in format_cv(summary)
     summary["near_copies_in_test_folds"] = 3
     assert "WARNING: 3 test-fold images are near-copies" in format_cv(summary)
+    # seed trains without flips: its folds predict without TTA, and the summary says so
+    assert saved["tta"] is False and "TTA" not in format_cv(summary)
+    assert "(TTA)" in format_cv({**summary, "tta": True})
     # the source dataset was only linked to, never modified
     assert sum(1 for _ in prepared_mias.rglob("*.png")) == 240
 

@@ -288,7 +288,9 @@ def format_cv(summary: dict[str, Any]) -> str:
     pooled = summary["pooled_out_of_fold"]
     intervals = pooled["confidence_intervals"]
     lines = [f"{summary['folds']}-fold cross-validation by patient: {summary['images']} "
-             f"images of {summary['patients']} patients",
+             f"images of {summary['patients']} patients"
+             + ("; predictions averaged with the top-bottom flip (TTA)"
+                if summary.get("tta") else ""),
              f"{'metric':<34}{'mean ± sd over folds':>22}{'pooled [95% CI]':>26}"]
     for key, pooled_key in (
         ("accuracy", "accuracy"), ("balanced_accuracy", "balanced_accuracy"),
