@@ -274,7 +274,7 @@ def train(config: TrainConfig) -> Path:
         # Test-time augmentation by default (predict, evaluate, the app, the service and the
         # calibration below average each image with its top-bottom flip) for models trained
         # with that flip: on the lesion patches, efficientnet_lite0's fold models gained
-        # macro AUC +0.011 to +0.021 on average, higher at each of twelve seeds and settings
+        # macro AUC +0.011 to +0.016 on average, higher at each of sixteen seeds and settings
         # (README, "Which input size for efficientnet_lite0"); seed, trained without
         # flips, gained nothing.
         "tta": flips_top_bottom(model),
