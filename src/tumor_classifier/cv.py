@@ -253,10 +253,12 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         }
     label_index = np.array([class_names.index(label) for label in labels])[predicted]
     kept = [sample for sample, done in zip(samples, predicted, strict=True) if done]
+    # Whether the folds' predictions were test-time augmented (the runs' default).
+    tta = per_fold[-1].get("tta")
     pooled = write_evaluation(
         out / "pooled", [str(sample.path) for sample in kept], label_index,
         pooled_probabilities[predicted], class_names,
-        groups=[sample.patient for sample in kept], tta=per_fold[-1].get("tta"))
+        groups=[sample.patient for sample in kept], tta=tta)
     summary = {
         "folds": folds,
         # As the folds trained: the preset, size and pairing that the defaults chose.
@@ -265,8 +267,7 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
                    if key not in ("data_dir", "out")},
         "data_dir": str(data_dir),
         "group_near_copies": group_near_copies,
-        # Whether the folds' predictions were test-time augmented (the run's default).
-        "tta": per_fold[-1].get("tta"),
+        "tta": tta,
         "images": len(samples),
         "patients": len({sample.patient for sample in samples}),
         "per_fold_mean_std": summary_rows,
