@@ -26,6 +26,10 @@ def test_focal_loss_and_cosine_schedule() -> None:
     assert focal == pytest.approx(-(0.3 ** 2) * np.log(0.7), rel=1e-4)
     crossentropy = float(build_loss("crossentropy")(y_true, y_pred))
     assert crossentropy == pytest.approx(-np.log(0.7), rel=1e-4)
+    # smoothing 0.3 over 3 classes: targets 0.1, 0.8, 0.1
+    smoothed = float(build_loss("crossentropy", 0.3)(y_true, y_pred))
+    assert smoothed == pytest.approx(-(0.1 * np.log(0.2) + 0.8 * np.log(0.7)
+                                       + 0.1 * np.log(0.1)), rel=1e-4)
     with pytest.raises(ValueError, match="--loss 'dice': use crossentropy or focal"):
         build_loss("dice")
     with pytest.raises(ValueError, match="--lr-schedule 'step': use constant or cosine"):

@@ -117,6 +117,9 @@ def test_keep_last_keeps_the_final_epoch_not_the_best(small_dataset: Path,
     assert kept_loss["last"] > kept_loss["best"]  # the two runs kept different epochs
     with pytest.raises(ValueError, match="--keep 'first': use best or last"):
         train(TrainConfig(out=str(tmp_path / "x"), keep="first", **options))
+    with pytest.raises(ValueError, match="--label-smoothing must be at least 0 and below 1, "
+                       "got 1.0"):
+        train(TrainConfig(out=str(tmp_path / "x"), label_smoothing=1.0, **options))
 
 
 def test_an_interrupted_run_resumes_after_its_last_finished_epoch(
@@ -150,6 +153,11 @@ def test_an_interrupted_run_resumes_after_its_last_finished_epoch(
     with pytest.raises(FileNotFoundError, match="no interrupted run to resume"):
         train(TrainConfig(out=str(tmp_path / "new"), resume=True, **options))
 
+    # options added by a later version of the package take their default
+    options_file = cut / resume.BACKUP / resume.OPTIONS
+    started = json.loads(options_file.read_text())
+    del started["label_smoothing"]
+    options_file.write_text(json.dumps(started))
     # how many processes decode is free to change
     resumed = train(TrainConfig(out=str(cut), resume=True, **{**options, "workers": 2}))
     assert not (resumed / "backup").exists()

@@ -112,6 +112,10 @@ class TrainConfig:
     precision: str = "float32"
     # "crossentropy" or "focal" (focal loss, gamma 2; class weights still apply).
     loss: str = "crossentropy"
+    # Label smoothing (Szegedy et al., 2016): each one-hot target becomes 1 - e for its
+    # class and e / num_classes for every class, which keeps the logits from growing
+    # without bound on a few hundred images. 0 = off.
+    label_smoothing: float = 0.0
     # "constant" or "cosine" (the rate decays along a cosine to 0 over all epochs).
     lr_schedule: str = "constant"
     # None = one pass over the data per epoch / over the whole validation split.

@@ -142,16 +142,18 @@ def build_optimizer(config: TrainConfig, learning_rate: float, total_steps: int)
     return keras.optimizers.Adam(learning_rate)
 
 
-def build_loss(name: str) -> Any:
+def build_loss(name: str, label_smoothing: float = 0.0) -> Any:
     """Cross-entropy, or focal loss (Lin et al., 2017: gamma 2 down-weights the examples
-    the model already gets right, an alternative to class weights for rare classes)."""
+    the model already gets right, an alternative to class weights for rare classes), each
+    with optional label smoothing."""
     import keras
 
     if name == "focal":
-        return keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=2.0)
+        return keras.losses.CategoricalFocalCrossentropy(alpha=1.0, gamma=2.0,
+                                                         label_smoothing=label_smoothing)
     if name != "crossentropy":
         raise ValueError(f"--loss {name!r}: use crossentropy or focal.")
-    return keras.losses.CategoricalCrossentropy()
+    return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
 
 
 def read_history(run_dir: Path) -> dict[str, list[float]]:

@@ -94,6 +94,9 @@ def check_options(config: TrainConfig) -> None:
         raise ValueError(f"--keep {config.keep!r}: use best or last.")
     if config.sampling not in ("shuffle", "balanced"):
         raise ValueError(f"--sampling {config.sampling!r}: use shuffle or balanced.")
+    if not 0 <= config.label_smoothing < 1:
+        raise ValueError(f"--label-smoothing must be at least 0 and below 1, got "
+                         f"{config.label_smoothing}.")
 
 
 def default_rate_and_epochs(pretrained: bool) -> tuple[float, int]:

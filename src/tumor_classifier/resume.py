@@ -51,7 +51,9 @@ def check(config: TrainConfig, run_dir: Path) -> None:
         raise FileNotFoundError(
             f"{run_dir}: no interrupted run to resume (no {BACKUP}/{OPTIONS}; a run that "
             "finished deletes it); train without --resume.")
-    started = load_json(run_dir / BACKUP / OPTIONS)
+    # An option added since the run started (a newer version resuming it) had its default.
+    started = {**TrainConfig(data_dir="", out="").to_dict(),
+               **load_json(run_dir / BACKUP / OPTIONS)}
     given = config.to_dict()
     changed = [f"--{key.replace('_', '-')} {started.get(key)!r} then, {given[key]!r} now"
                for key in given if key not in _FREE and started.get(key) != given[key]]
