@@ -49,7 +49,8 @@ def trained_run(prepared_mias: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("runs") / "seed"
     return train(TrainConfig(model="seed",
                              data_dir=str(prepared_mias), out=str(out), epochs=2, workers=2,
-                             image_size=128, crop_breast=False, other_breast=False))
+                             image_size=128, crop_breast=False, other_breast=False,
+                             label_smoothing=0.0))
 
 
 @pytest.fixture(scope="session")

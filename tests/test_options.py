@@ -6,7 +6,7 @@ import pytest
 
 from tumor_classifier.config import TrainConfig
 from tumor_classifier.data import scan_folder
-from tumor_classifier.options import can_pair, choose_model, class_weights
+from tumor_classifier.options import can_pair, choose_model, class_weights, fill_defaults
 
 COUNTS = {"BEN": 10, "CAN": 10, "NOR": 80}
 
@@ -42,3 +42,19 @@ def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
         assert chosen(TrainConfig(data_dir="", out="", **options), paired) == expected
     # --other-breast insists on the pair, so on seed (a missing pair is then an error)
     assert chosen(TrainConfig(data_dir="", out="", other_breast=True), single) == "seed"
+
+
+@pytest.mark.parametrize(("model", "weights", "given", "expected"), [
+    ("seed", None, None, (1e-3, 10, 0.1)),
+    ("efficientnet_lite0", None, None, (1e-4, 20, 0.0)),  # ImageNet weights: fine-tuning
+    ("efficientnet_lite0", "none", None, (1e-3, 10, 0.1)),  # random weights: from scratch
+    ("seed", None, 0.0, (1e-3, 10, 0.0)),  # what is given is kept
+])
+def test_rate_epochs_and_label_smoothing_default_by_pretraining(
+        small_dataset: Path, model: str, weights: str | None, given: float | None,
+        expected: tuple[float, int, float]) -> None:
+    config = TrainConfig(data_dir="", out="", model=model, weights=weights,
+                         label_smoothing=given)
+    filled, _ = fill_defaults(config, scan_folder(small_dataset / "train"),
+                              scan_folder(small_dataset / "validation"))
+    assert (filled.learning_rate, filled.epochs, filled.label_smoothing) == expected

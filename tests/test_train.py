@@ -96,7 +96,7 @@ def test_keep_last_keeps_the_final_epoch_not_the_best(small_dataset: Path,
     from tumor_classifier.predict import Classifier
     from tumor_classifier.preprocessing import load_model_input
 
-    # at this rate the validation loss is lowest at epoch 3 of 4 (1.103, then 1.118)
+    # at this rate the validation loss is lowest at epoch 3 of 4 (1.102, then 1.114)
     options = dict(data_dir=str(small_dataset), model="seed", epochs=4, image_size=32,
                    workers=1, learning_rate=0.01)
     validation = scan_folder(small_dataset / "validation")
@@ -108,9 +108,12 @@ def test_keep_last_keeps_the_final_epoch_not_the_best(small_dataset: Path,
         losses = read_history(run)["val_loss"]
         assert config["training"]["keep"] == keep
         probabilities = Classifier.load(run).predict_batch(inputs, calibrated=False)
-        # the kept model's validation loss is the one logged for the kept epoch
-        kept_loss[keep] = -np.mean(np.log(probabilities[np.arange(len(inputs)),
-                                                        validation.labels]))
+        # the kept model's validation loss is the one logged for the kept epoch: the
+        # cross-entropy against targets smoothed by 0.1 (the default)
+        assert config["training"]["label_smoothing"] == 0.1
+        targets = np.full(probabilities.shape, 0.1 / 3)
+        targets[np.arange(len(inputs)), validation.labels] += 0.9
+        kept_loss[keep] = -np.mean(np.sum(targets * np.log(probabilities), axis=1))
         assert kept_loss[keep] == pytest.approx(losses[config["kept_epoch"] - 1], rel=1e-4)
         expected = 4 if keep == "last" else int(np.argmin(losses)) + 1
         assert config["kept_epoch"] == expected
@@ -153,11 +156,14 @@ def test_an_interrupted_run_resumes_after_its_last_finished_epoch(
     with pytest.raises(FileNotFoundError, match="no interrupted run to resume"):
         train(TrainConfig(out=str(tmp_path / "new"), resume=True, **options))
 
-    # options added by a later version of the package take their default
+    # a run started before --label-smoothing existed trained without it
     options_file = cut / resume.BACKUP / resume.OPTIONS
-    started = json.loads(options_file.read_text())
-    del started["label_smoothing"]
-    options_file.write_text(json.dumps(started))
+    started = options_file.read_text()
+    options_file.write_text(json.dumps({key: value for key, value in json.loads(started).items()
+                                        if key != "label_smoothing"}))
+    with pytest.raises(ValueError, match="changed: --label-smoothing 0.0 then, the default now"):
+        train(TrainConfig(out=str(cut), resume=True, **options))
+    options_file.write_text(started)
     # how many processes decode is free to change
     resumed = train(TrainConfig(out=str(cut), resume=True, **{**options, "workers": 2}))
     assert not (resumed / "backup").exists()

@@ -71,9 +71,9 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                         "model is float32 (default: %(default)s)")
     parser.add_argument("--loss", choices=["crossentropy", "focal"], default=defaults.loss,
                         help="focal: focal loss, gamma 2 (default: %(default)s)")
-    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
-                        help="smooth the one-hot targets by this much, 0 to 1 "
-                        "(default: %(default)s)")
+    parser.add_argument("--label-smoothing", type=float, default=None,
+                        help="smooth the one-hot targets by this much, 0 to 1 (default: 0.1 "
+                        "from scratch, 0 when fine-tuning pretrained weights)")
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"],
                         default=defaults.lr_schedule,
                         help="cosine: decay to 0 over all epochs (default: %(default)s)")

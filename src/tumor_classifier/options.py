@@ -94,7 +94,7 @@ def check_options(config: TrainConfig) -> None:
         raise ValueError(f"--keep {config.keep!r}: use best or last.")
     if config.sampling not in ("shuffle", "balanced"):
         raise ValueError(f"--sampling {config.sampling!r}: use shuffle or balanced.")
-    if not 0 <= config.label_smoothing < 1:
+    if config.label_smoothing is not None and not 0 <= config.label_smoothing < 1:
         raise ValueError(f"--label-smoothing must be at least 0 and below 1, got "
                          f"{config.label_smoothing}.")
 
@@ -137,9 +137,15 @@ def fill_defaults(config: TrainConfig, train_folder: ImageFolder,
                                                                 backbone_weights)
     elif backbone_weights == "none":
         backbone_weights = None
-    learning_rate, epochs = default_rate_and_epochs(backbone_weights is not None)
+    pretrained = backbone_weights is not None
+    learning_rate, epochs = default_rate_and_epochs(pretrained)
     learning_rate = config.learning_rate if config.learning_rate is not None else learning_rate
     epochs = config.epochs if config.epochs is not None else epochs
+    # Label smoothing 0.1 from scratch, off when fine-tuning (README, "Label smoothing").
+    smoothing = config.label_smoothing
+    if smoothing is None:
+        smoothing = 0.0 if pretrained else 0.1
     config = dataclasses.replace(config, learning_rate=learning_rate, epochs=epochs,
+                                 label_smoothing=smoothing,
                                  weights=backbone_weights or config.weights)
     return config, backbone_weights

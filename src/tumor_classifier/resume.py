@@ -26,6 +26,9 @@ BACKUP, OPTIONS = "backup", "options.json"
 BACKUP_SECONDS = 30.0
 # Options that change how fast a run goes, not what it computes: free to differ on resume.
 _FREE = ("workers", "cache_dir", "resume")
+# Options added since a run may have started, with the value that repeats what runs
+# started before them did.
+_ADDED = {"label_smoothing": 0.0}
 
 
 def check(config: TrainConfig, run_dir: Path) -> None:
@@ -51,15 +54,18 @@ def check(config: TrainConfig, run_dir: Path) -> None:
         raise FileNotFoundError(
             f"{run_dir}: no interrupted run to resume (no {BACKUP}/{OPTIONS}; a run that "
             "finished deletes it); train without --resume.")
-    # An option added since the run started (a newer version resuming it) had its default.
-    started = {**TrainConfig(data_dir="", out="").to_dict(),
-               **load_json(run_dir / BACKUP / OPTIONS)}
+    started = {**_ADDED, **load_json(run_dir / BACKUP / OPTIONS)}
     given = config.to_dict()
-    changed = [f"--{key.replace('_', '-')} {started.get(key)!r} then, {given[key]!r} now"
+    changed = [f"--{key.replace('_', '-')} {_shown(started.get(key))} then, "
+               f"{_shown(given[key])} now"
                for key in given if key not in _FREE and started.get(key) != given[key]]
     if changed:
         raise ValueError(f"{run_dir}: --resume needs the options the run started with; "
                          f"changed: {'; '.join(changed)}.")
+
+
+def _shown(value: Any) -> str:
+    return "the default" if value is None else repr(value)
 
 
 def save_options(config: TrainConfig, run_dir: Path) -> None:

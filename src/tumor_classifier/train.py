@@ -226,7 +226,8 @@ def train(config: TrainConfig) -> Path:
             learning_rate /= 10
         steps = config.steps_per_epoch or math.ceil(len(train_rows) / config.batch_size)
         model.compile(optimizer=build_optimizer(config, learning_rate, epochs * steps),
-                      loss=build_loss(config.loss, config.label_smoothing), metrics=["accuracy"])
+                      loss=build_loss(config.loss, config.label_smoothing or 0.0),
+                      metrics=["accuracy"])
         if not config.resume:
             resume.save_options(requested, run_dir)
         fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
