@@ -205,7 +205,9 @@ def train(config: TrainConfig) -> Path:
     input_shape = (config.input_size, config.input_size,
                    config.channels * (2 if config.other_breast else 1))
     learning_rate, epochs = config.learning_rate, config.epochs
-    assert learning_rate is not None and epochs is not None  # resolved by fill_defaults
+    smoothing = config.label_smoothing
+    # resolved by fill_defaults
+    assert learning_rate is not None and epochs is not None and smoothing is not None
     num_classes = len(class_names)
     started = datetime.datetime.now(datetime.UTC)
     normal_index = class_index(class_names, "NOR")
@@ -226,8 +228,7 @@ def train(config: TrainConfig) -> Path:
             learning_rate /= 10
         steps = config.steps_per_epoch or math.ceil(len(train_rows) / config.batch_size)
         model.compile(optimizer=build_optimizer(config, learning_rate, epochs * steps),
-                      loss=build_loss(config.loss, config.label_smoothing or 0.0),
-                      metrics=["accuracy"])
+                      loss=build_loss(config.loss, smoothing), metrics=["accuracy"])
         if not config.resume:
             resume.save_options(requested, run_dir)
         fit(model, config, x_train, train_rows, y_train, x_val, val_rows, y_val,
