@@ -14,6 +14,7 @@ from tumor_classifier.other_breast import (
     other_breast_rows,
     other_breasts,
     pair_with_other_breasts,
+    woman_of,
 )
 
 
@@ -65,6 +66,19 @@ def test_without_split_csv_files_that_differ_only_in_side_are_each_others_other_
     assert partners[6:] == [None] * 8
     others, problems = other_breast_rows(files[:7])
     assert list(others) == [1, 0, 3, 2, 5, 4, 6] and list(problems) == [6]
+
+
+def test_woman_of_drops_side_and_view_from_the_name() -> None:
+    # DDSM: one woman's four films share a name once side and view are dropped
+    assert {woman_of(name) for name in ("A_0001_1.LEFT_CC.png", "A_0001_1.RIGHT_MLO.png",
+                                        "a_0001_1.left_mlo.dcm", "A_0001_1.RIGHT_CC.png")} \
+        == {"a_0001_1._"}
+    assert woman_of("P_00002_LEFT_CC.png") == woman_of("P_00002_RIGHT_MLO.png") == "p_00002__"
+    assert woman_of("case3_r_cc.png") == woman_of("case3_l_mlo.png") == "case3__"
+    assert woman_of("A_0001_1.LEFT_CC.png") != woman_of("A_0002_1.LEFT_CC.png")
+    # no side or view word: nothing tells whose the image is
+    assert woman_of("mdb001.png") is None and woman_of("benign (12).png") is None
+    assert woman_of("Lateral_class.png") is None  # side and view letters inside words
 
 
 def test_with_other_breast_puts_the_other_film_behind_the_channels() -> None:

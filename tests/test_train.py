@@ -11,7 +11,7 @@ import pytest
 
 from tumor_classifier.config import TrainConfig
 from tumor_classifier.fit import read_history
-from tumor_classifier.train import train
+from tumor_classifier.train import _scan_splits, patients_in_several_splits, train
 
 
 def test_each_preset_has_its_own_default_input_size() -> None:
@@ -48,6 +48,7 @@ def test_training_on_real_films_writes_a_complete_run_directory(trained_run: Pat
     assert len(history) == 2 and {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(
         history[0])
     assert 1 <= config["kept_epoch"] <= 2 and config["collapsed"] is False
+    assert config["patients_in_several_splits"] == 0  # prepare splits by woman
     metrics = json.loads((trained_run / "evaluation/validation/metrics.json").read_text())
     assert metrics["n"] == sum(config["data"]["validation"].values())
 
@@ -343,3 +344,32 @@ def test_splits_named_as_public_sets_name_them(small_dataset: Path, tmp_path: Pa
     with pytest.raises(FileNotFoundError, match=r"no validation/ folder beside Training/; "
                        r"training checks each epoch .* \(never on test/\)"):
         train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r2"), epochs=1))
+
+
+def test_one_womans_films_in_two_splits_are_found_by_name_or_split_csv(
+    prepared_mias: Path, tmp_path: Path
+) -> None:
+    # Real films under DDSM-style names (woman N's films mdb{2N-1}, mdb{2N}: LEFT, RIGHT),
+    # split by image as the original project's folders were: of the first three women, one
+    # in train and validation, one in train and test, one in train only.
+    films = sorted(prepared_mias.glob("*/*/mdb*.png"), key=lambda path: path.name)[:6]
+    data = tmp_path / "by-image"
+    for film, split in zip(films, ["train", "validation", "train", "test", "train", "train"],
+                           strict=True):
+        number = int(film.stem[3:])
+        side = "LEFT" if number % 2 else "RIGHT"
+        target = data / split / film.parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        (target / f"A_{(number + 1) // 2:04d}_1.{side}_MLO.png").symlink_to(film)
+    for split in ("train", "validation", "test"):  # every class in every split
+        for label in ("BEN", "CAN", "NOR"):
+            (data / split / label).mkdir(parents=True, exist_ok=True)
+            extra = sorted((prepared_mias / "train" / label).glob("*.png"))[-1]
+            (data / split / label / f"{split}-{extra.name}").symlink_to(extra)
+    count, message = patients_in_several_splits(data, *_scan_splits(data))
+    assert count == 2 and message is not None
+    assert message.startswith(f"{data}: 2 of 3 patients have images in more than one split, "
+                              "by their file names (for example A_0001_1.")
+    assert "prepare folders" in message
+    # split.csv's patient_id, where it lists every image: prepare splits by woman
+    assert patients_in_several_splits(prepared_mias, *_scan_splits(prepared_mias)) == (0, None)

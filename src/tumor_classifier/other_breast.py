@@ -64,6 +64,21 @@ def _other_side_name(name: str) -> str | None:
     return name[:found[0].start()] + other + name[found[0].end():]
 
 
+# A mammographic view in a file name (DDSM "A_0001_1.LEFT_CC", CBIS-DDSM "P_00001_LEFT_MLO").
+_VIEW = re.compile(r"(?<![A-Za-z0-9])(cc|mlo|ml|lm|lmo|xccl|xccm)(?![A-Za-z0-9])",
+                   re.IGNORECASE)
+
+
+def woman_of(name: str) -> str | None:
+    """What the names of one woman's films share: the file name without its extension,
+    side (LEFT/RIGHT, L/R) and view (CC, MLO, ...) words, in lower case; so DDSM's
+    `A_0001_1.LEFT_CC.png` and `A_0001_1.RIGHT_MLO.png` give the same. None when the name
+    has no side or view word (then it tells nothing about whose the film is)."""
+    stem = Path(name).stem
+    key = _VIEW.sub("", _SIDE.sub("", stem))
+    return key.lower() if key != stem else None
+
+
 def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
     """Each file's other breast (the same woman's other film, same view), resolved.
 

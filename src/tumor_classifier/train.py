@@ -28,7 +28,7 @@ from .metrics import (
 )
 from .near_copies import near_copy_sources, save_thumbnails, thumbnails
 from .options import check_options, class_weights, fill_defaults
-from .other_breast import WithOtherBreast, pair_with_other_breasts
+from .other_breast import WithOtherBreast, pair_with_other_breasts, woman_of
 from .plots import plot_history, save_figure
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,49 @@ def _scan_splits(data_dir: Path) -> tuple[ImageFolder, ImageFolder]:
     return train_folder, validation_folder
 
 
+def patients_in_several_splits(data_dir: Path, train_folder: ImageFolder,
+                               validation_folder: ImageFolder) -> tuple[int, str | None]:
+    """How many patients have images in more than one of the splits of `data_dir`
+    (training, validation and, where there is one, test), and one line on them (None when
+    there are none).
+
+    A patient is split.csv's `patient_id` where it lists every image (`prepare` writes it),
+    otherwise what file names that differ only in side and view share (`woman_of`: DDSM's
+    `A_0001_1.LEFT_CC` and `A_0001_1.RIGHT_MLO`); images whose names carry neither count
+    as no one's. The original project's DDSM folders were split by image: one woman's films
+    on both sides flatter every validation and test number, so this is said before training.
+    """
+    folders = {"train": train_folder, "validation": validation_folder}
+    test_dir = split_folders(data_dir).get("test")
+    if test_dir is not None:
+        try:  # only its file names are read; evaluate checks the test split itself
+            folders["test"] = scan_folder(test_dir, train_folder.class_names)
+        except (OSError, ValueError):
+            pass
+    files = [file for folder in folders.values() for file in folder.files]
+    splits = [name for name, folder in folders.items() for _ in folder.files]
+    groups = patient_groups(files, data_dir)
+    keys: list[str | None] = (list(groups) if groups is not None
+                              else [woman_of(Path(file).name) for file in files])
+    source = "split.csv's patient_id" if groups is not None else "their file names"
+    found: dict[str, dict[str, Path]] = {}
+    for key, split, file in zip(keys, splits, files, strict=True):
+        if key is not None:
+            found.setdefault(key, {}).setdefault(split, Path(file))
+    shared = [by_split for by_split in found.values() if len(by_split) > 1]
+    if not shared:
+        return 0, None
+    example = " and ".join(f"{file.name} in {folders[split].root.name}/"
+                           for split, file in list(shared[0].items())[:2])
+    return len(shared), (
+        f"{data_dir}: {len(shared)} of {len(found)} patients have images in more than one "
+        f"split, by {source} (for example {example}): the split is by image, not by "
+        "patient, so validation and test numbers are optimistic. Split by patient with "
+        f"`tumor-classifier prepare folders {data_dir} DEST --patient-pattern REGEX` (it "
+        "pools the splits) and train on DEST."
+    )
+
+
 def train(config: TrainConfig) -> Path:
     """Train a model on `config.data_dir/{train,validation}` and write a run directory.
 
@@ -164,6 +207,10 @@ def train(config: TrainConfig) -> Path:
     requested = config  # as given: what --resume must repeat
     check_options(config)
     train_folder, validation_folder = _scan_splits(data_dir)
+    shared_patients, shared_message = patients_in_several_splits(
+        data_dir, train_folder, validation_folder)
+    if shared_message:
+        logger.warning("%s", shared_message)
     config, backbone_weights = fill_defaults(config, train_folder, validation_folder)
     class_names = train_folder.class_names
     weights = class_weights(config.class_weight, train_folder.counts())
@@ -291,6 +338,7 @@ def train(config: TrainConfig) -> Path:
         },
         "unreadable_skipped": unreadable,
         "validation_near_copies_of_train": sum(source is not None for source in val_copies),
+        "patients_in_several_splits": shared_patients,
         "devices": devices,
         "kept_epoch": kept_epoch,
         "epochs_run": len(val_losses),
