@@ -176,6 +176,31 @@ def test_films_named_left_and_right_train_and_evaluate_with_the_other_breast(
     assert all(result.error is None for result in predicted)
     for result in predicted:
         assert result.probabilities["CAN"] == pytest.approx(evaluated[str(result.file)], abs=1e-5)
+    # split by woman: no test film is of a woman the model was fitted on
+    assert config["patients_in_several_splits"] == 0
+    assert metrics["same_patient_as_fitted"] == {"train": 0, "validation": 0}
+    # one test woman's films filed under a training woman's name (as her CC views) are
+    # named in the report and predictions.csv
+    trained = sorted((data / "train").rglob("*_LEFT_MLO.png"))[0]
+    leak = tmp_path / "leak"
+    shutil.copytree(data / "test", leak, copy_function=lambda src, dst: Path(dst).hardlink_to(src))
+    woman = sorted(leak.rglob("*_LEFT_MLO.png"))[0].name.removesuffix("_LEFT_MLO.png")
+    for film in sorted(leak.rglob(f"{woman}_*.png")):
+        film.rename(film.with_name(film.name.replace(woman, trained.name.removesuffix(
+            "_LEFT_MLO.png")).replace("_MLO", "_CC")))
+    metrics = evaluate(run, leak, tmp_path / "leak-report")
+    total = len(list(leak.rglob("*.png")))
+    assert metrics["n"] == total
+    assert metrics["same_patient_as_fitted"] == {"train": 2, "validation": 0}
+    assert metrics["near_copies"] == {"train": 0, "validation": 0}
+    assert (tmp_path / "leak-report" / "report.txt").read_text().startswith(
+        f"WARNING: 2 of {total} images are of patients the model was fitted on, by their "
+        "file names (2 train)")
+    with (tmp_path / "leak-report" / "predictions.csv").open() as handle:
+        named = {Path(row["file"]).name: row["same_patient_as"] for row in csv.DictReader(handle)}
+    left_cc = trained.name.replace("_MLO", "_CC")
+    assert Path(named[left_cc]).name in (trained.name, trained.name.replace("LEFT", "RIGHT"))
+    assert sum(bool(value) for value in named.values()) == 2
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from .config import save_json
 from .data import read_split_table, scan_folder
 from .metrics import bootstrap_intervals, compute_metrics
 from .near_copies import near_copy_sources, read_thumbnails, thumbnails
-from .other_breast import WithOtherBreast, pair_with_other_breasts
+from .other_breast import WithOtherBreast, pair_with_other_breasts, woman_of
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc, save_figure
 from .predict import Classifier
 
@@ -60,6 +60,28 @@ def describe_near_copies(files: Sequence[Path | str],
     )
 
 
+def fitted_patients(files: Sequence[Path | str],
+                    references: dict[str, tuple[Any, Sequence[Path | str]]]
+                    ) -> list[tuple[str, str] | None]:
+    """For each file, the (split, file) of another image the model was fitted on
+    (`references`: split -> (thumbnails, files), as `read_thumbnails` gives) whose name
+    gives the same patient (`other_breast.woman_of`: DDSM's `A_0001_1.LEFT_CC` and
+    `A_0001_1.RIGHT_MLO`), earlier splits first; None where there is none or the name
+    tells no patient. The image itself is not counted: `near_copy_sources` finds it."""
+    fitted: dict[str, list[tuple[str, str]]] = {}
+    for split, (_, names) in references.items():
+        for name in names:
+            if (key := woman_of(Path(name).name)) is not None:
+                fitted.setdefault(key, []).append((split, str(name)))
+    found: list[tuple[str, str] | None] = []
+    for file in files:
+        key = woman_of(Path(file).name)
+        others = [(split, name) for split, name in fitted.get(key or "", [])
+                  if Path(name).name != Path(file).name]
+        found.append(others[0] if others else None)
+    return found
+
+
 def _interval(intervals: dict[str, Any], key: str) -> str:
     value = intervals.get(key)
     return "" if not value else f"  [{value[0]:.3f}, {value[1]:.3f}]"
@@ -71,13 +93,16 @@ def format_summary(metrics: dict[str, Any], report: str) -> str:
     intervals = metrics.get("confidence_intervals", {})
     auc = metrics["macro_auc_ovr"]
     lines = []
-    copies = metrics.get("near_copies") or {}
-    if sum(copies.values()):
-        counts = ", ".join(f"{n} {split}" for split, n in copies.items() if n)
-        lines.append(
-            f"WARNING: {sum(copies.values())} of {metrics['n']} images are near-copies of "
-            f"images the model was fitted on ({counts}); these numbers are optimistic "
-            "(predictions.csv: near_copy_of).")
+    for key, what, column in (
+            ("near_copies", "near-copies of images the model was fitted on", "near_copy_of"),
+            ("same_patient_as_fitted", "of patients the model was fitted on, by their file "
+             "names", "same_patient_as")):
+        found = metrics.get(key) or {}
+        if sum(found.values()):
+            counts = ", ".join(f"{n} {split}" for split, n in found.items() if n)
+            lines.append(
+                f"WARNING: {sum(found.values())} of {metrics['n']} images are {what} "
+                f"({counts}); these numbers are optimistic (predictions.csv: {column}).")
     lines += [
         f"n = {metrics['n']} images; 95% CIs: bootstrap over "
         f"{metrics.get('bootstrap_unit', 'images')}"
@@ -120,11 +145,13 @@ def write_evaluation(
     copies: Sequence[tuple[str, str] | None] | None = None,
     checked_splits: Sequence[str] = (),
     tta: bool | None = None,
+    relatives: Sequence[tuple[str, str] | None] | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, predictions.csv, report.txt and the plots into `out`.
 
     `copies` (from `near_copy_sources`, checked against `checked_splits`) adds the column
     `near_copy_of` to predictions.csv and their counts to the metrics and the report;
+    `relatives` (from `fitted_patients`, the same splits) adds `same_patient_as` likewise;
     `tta`, whether the probabilities are test-time augmented, is recorded with them."""
     out.mkdir(parents=True, exist_ok=True)
     metrics = compute_metrics(labels, probabilities, class_names, thresholds)
@@ -138,6 +165,9 @@ def write_evaluation(
     near = None if copies is None else [source or ("", "") for source in copies]
     metrics["near_copies"] = None if near is None else {
         split: sum(source == split for source, _ in near) for split in checked_splits}
+    kin = None if relatives is None else [source or ("", "") for source in relatives]
+    metrics["same_patient_as_fitted"] = None if kin is None else {
+        split: sum(source == split for source, _ in kin) for split in checked_splits}
     report = classification_report(
         labels,
         probabilities.argmax(axis=1),
@@ -153,6 +183,7 @@ def write_evaluation(
         writer.writerow(
             ["file", "label", "prediction"] + [f"prob_{name}" for name in class_names]
             + (["near_copy_of"] if near is not None else [])
+            + (["same_patient_as"] if kin is not None else [])
         )
         for index, (file, label, row) in enumerate(
                 zip(files, labels, probabilities, strict=True)):
@@ -160,6 +191,7 @@ def write_evaluation(
                 [file, class_names[label], class_names[int(np.argmax(row))]]
                 + [f"{value:.6f}" for value in row]
                 + ([near[index][1]] if near is not None else [])
+                + ([kin[index][1]] if kin is not None else [])
             )
     save_figure(
         plot_confusion_matrix(np.array(metrics["confusion_matrix"]), class_names),
@@ -209,7 +241,7 @@ def evaluate(
     probabilities = classifier.predict_batch(inputs)[keep]
     files = [str(path) for path, kept in zip(folder.files, keep, strict=True) if kept]
     labels = np.asarray(folder.labels)[keep]
-    copies, checked = None, []
+    copies, relatives, checked = None, None, []
     references = read_thumbnails(run_dir)
     if references is None:
         logger.info("%s: a run from before 2026-11-27 (no thumbnails.npz): near-copies of "
@@ -220,11 +252,21 @@ def evaluate(
         warning = describe_near_copies(files, copies)
         if warning:
             logger.warning("%s: %s", data_dir, warning)
+        relatives = fitted_patients(files, references)
+        if any(relatives):
+            found = [(file, source) for file, source in zip(files, relatives, strict=True)
+                     if source]
+            logger.warning(
+                "%s: %d of %d images are of patients the model was fitted on, by their file "
+                "names (for example %s and %s image %s): numbers measured on them are "
+                "optimistic. Evaluate on patients the model never saw (`tumor-classifier "
+                "prepare folders` splits by patient).", data_dir, len(found), len(files),
+                Path(found[0][0]).name, found[0][1][0], Path(found[0][1][1]).name)
     out = Path(out) if out else run_dir / "evaluation" / data_dir.resolve().name
     metrics = write_evaluation(
         out, files, labels, probabilities, classifier.class_names, list(failures.values()),
         patient_groups(files, data_dir), classifier.thresholds, copies, checked,
-        classifier.tta,
+        classifier.tta, relatives,
     )
     metrics["report_dir"] = str(out)
     return metrics

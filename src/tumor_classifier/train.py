@@ -17,7 +17,12 @@ from .cache import CachedImages, cache_images
 from .config import TrainConfig, class_index, save_json
 from .data import ImageFolder, scan_folder, split_folders
 from .distribute import distribution_scope
-from .evaluate import describe_near_copies, patient_groups, write_evaluation
+from .evaluate import (
+    describe_near_copies,
+    fitted_patients,
+    patient_groups,
+    write_evaluation,
+)
 from .fit import build_loss, build_optimizer, fit, precision_policy, read_history
 from .metrics import (
     apply_temperature,
@@ -375,6 +380,7 @@ def train(config: TrainConfig) -> Path:
         val_copies,
         ["train"],
         run_config["tta"],
+        fitted_patients(val_files, {"train": (train_thumbnails, train_files)}),
     )
     logger.info("kept epoch %d of %d (%s; validation loss %.4f)", kept_epoch, len(val_losses),
                 config.keep, val_losses[kept_epoch - 1])
