@@ -204,6 +204,26 @@ def test_prepare_folders_splits_an_image_split_dataset_again_by_patient(
         load_samples(source)
 
 
+def test_prepare_folders_says_when_names_show_one_woman_in_two_splits(
+    prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Real films under DDSM names (A_0001_1.LEFT_MLO.png, A_0001_1.RIGHT_MLO.png, ...)
+    source = tmp_path / "ddsm"
+    for row in _rows(prepared_mias):
+        number = int(Path(row["file"]).stem[3:])
+        name = f"A_{(number + 1) // 2:04d}_1.{'LEFT' if number % 2 else 'RIGHT'}_MLO.png"
+        (source / row["label"]).mkdir(parents=True, exist_ok=True)
+        os.link(prepared_mias / row["file"], source / row["label"] / name)
+    prepare_folders(source, tmp_path / "by-image", one_image_per_patient=True)
+    assert ("women have images in more than one split, though their file names say the "
+            "images are one woman's" in caplog.text)
+    assert "--one-image-per-patient gave them different patients" in caplog.text
+    caplog.clear()
+    prepare_folders(source, tmp_path / "by-woman", patient_pattern=r"^A_\d{4}")
+    assert "more than one split" not in caplog.text
+    assert len({row["patient_id"] for row in _rows(tmp_path / "by-woman")}) == 120
+
+
 def test_prepare_folders_can_keep_near_copies_with_their_original(
     prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tumor_classifier import predict as predict_module
-from tumor_classifier.evaluate import evaluate
+from tumor_classifier.evaluate import evaluate, fitted_patients
 from tumor_classifier.metrics import compute_metrics
 from tumor_classifier.predict import Classifier, expand_paths
 
@@ -30,6 +30,19 @@ def test_compute_metrics_on_a_hand_made_example() -> None:
     assert metrics["per_class"]["CAN"]["precision"] == pytest.approx(0.5)
     assert metrics["per_class"]["CAN"]["auc_ovr"] == pytest.approx(1.0)
     assert metrics["per_class"]["NOR"]["support"] == 3
+
+
+def test_fitted_patients_by_name_but_not_the_image_itself() -> None:
+    references = {"train": (None, ["/d/train/CAN/A_0001_1.LEFT_CC.png", "/d/train/NOR/mdb3.png"]),
+                  "validation": (None, ["/d/validation/NOR/A_0002_1.LEFT_CC.png"])}
+    files = ["/e/BEN/A_0001_1.RIGHT_MLO.png", "/e/NOR/A_0002_1.RIGHT_CC.png",
+             "/d/train/CAN/A_0001_1.LEFT_CC.png", "/e/NOR/mdb4.png", "/e/NOR/A_0003_1.LEFT_CC.png"]
+    assert fitted_patients(files, references) == [
+        ("train", "/d/train/CAN/A_0001_1.LEFT_CC.png"),
+        ("validation", "/d/validation/NOR/A_0002_1.LEFT_CC.png"), None, None, None]
+    # names that repeat (a folder per patient) tell no patient
+    files = ["/e/P7/A_0001_1.RIGHT_MLO.png", "/e/P8/A_0001_1.RIGHT_MLO.png"]
+    assert fitted_patients(files, references) == [None, None]
 
 
 def test_a_class_missing_from_the_labels_has_no_auc() -> None:

@@ -14,6 +14,7 @@ from tumor_classifier.other_breast import (
     other_breast_rows,
     other_breasts,
     pair_with_other_breasts,
+    straddling_patients,
     woman_of,
 )
 
@@ -79,6 +80,23 @@ def test_woman_of_drops_side_and_view_from_the_name() -> None:
     # no side or view word: nothing tells whose the image is
     assert woman_of("mdb001.png") is None and woman_of("benign (12).png") is None
     assert woman_of("Lateral_class.png") is None  # side and view letters inside words
+    assert woman_of("LEFT_CC.png") is None  # no identifier left (a folder per patient)
+
+
+def test_straddling_patients_by_patient_or_by_name() -> None:
+    files = [Path(name) for name in ("t/A_0001_1.LEFT_CC.png", "v/A_0001_1.RIGHT_CC.png",
+                                     "t/A_0002_1.LEFT_CC.png", "t/A_0002_1.RIGHT_CC.png",
+                                     "v/x1.png", "t/x2.png")]
+    splits = ["train", "validation", "train", "train", "validation", "train"]
+    assert straddling_patients(files, splits) == (
+        [{"train": files[0], "validation": files[1]}], 2)
+    patients = ["a", "b", "c", "c", "d", "d"]
+    assert straddling_patients(files, splits, patients) == (
+        [{"validation": files[4], "train": files[5]}], 4)
+    # a folder per patient: names repeat and tell no one
+    files = [Path("t/P1/img1_LEFT_CC.png"), Path("v/P2/img1_RIGHT_CC.png"),
+             Path("v/P3/img1_RIGHT_CC.png")]
+    assert straddling_patients(files, ["train", "validation", "validation"]) == ([], 0)
 
 
 def test_with_other_breast_puts_the_other_film_behind_the_channels() -> None:

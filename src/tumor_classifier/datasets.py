@@ -29,6 +29,7 @@ from PIL import Image
 from .config import SPLITS
 from .data import scan_pooled, split_folders
 from .near_copies import join_near_copies
+from .other_breast import straddling_patients
 
 logger = logging.getLogger(__name__)
 
@@ -375,6 +376,19 @@ def prepare_folders(
         {patient: "+".join(sorted(names)) for patient, names in classes_of.items()},
         fractions, seed,
     )
+    # Names such as DDSM's (A_0001_1.LEFT_CC, A_0001_1.RIGHT_MLO) say whose a film is; a
+    # patient option that parts one woman's films is said aloud, not overruled.
+    straddling, _ = straddling_patients(files, [assignment[patient] for patient in patients])
+    if straddling:
+        logger.warning(
+            "%s: %d women have images in more than one split, though their file names say "
+            "the images are one woman's (for example %s): %s gave them different patients. "
+            "Give each woman one patient (a --patient-pattern matching what her names share, "
+            "or --groups) and prepare again.", source, len(straddling),
+            " and ".join(f"{file.name} in {split}" for split, file in
+                         list(straddling[0].items())[:2]),
+            "--groups" if groups is not None else "--patient-pattern" if patient_pattern
+            else "--one-image-per-patient")
     counts = {split: dict.fromkeys(folder.class_names, 0) for split in SPLITS}
     rows = []
     for path, label, patient, rest in zip(files, folder.labels, patients, below, strict=True):

@@ -67,7 +67,14 @@ def fitted_patients(files: Sequence[Path | str],
     (`references`: split -> (thumbnails, files), as `read_thumbnails` gives) whose name
     gives the same patient (`other_breast.woman_of`: DDSM's `A_0001_1.LEFT_CC` and
     `A_0001_1.RIGHT_MLO`), earlier splits first; None where there is none or the name
-    tells no patient. The image itself is not counted: `near_copy_sources` finds it."""
+    tells no patient. The image itself is not counted: `near_copy_sources` finds it.
+    Nothing is found where two fitted or two given files share a name (a folder per
+    patient, say): names then do not tell images apart, let alone patients."""
+    fitted_names = [Path(name).name for _, names in references.values() for name in names]
+    given_names = [Path(file).name for file in files]
+    if (len(set(fitted_names)) < len(fitted_names)
+            or len(set(given_names)) < len(given_names)):
+        return [None] * len(files)
     fitted: dict[str, list[tuple[str, str]]] = {}
     for split, (_, names) in references.items():
         for name in names:

@@ -73,10 +73,33 @@ def woman_of(name: str) -> str | None:
     """What the names of one woman's films share: the file name without its extension,
     side (LEFT/RIGHT, L/R) and view (CC, MLO, ...) words, in lower case; so DDSM's
     `A_0001_1.LEFT_CC.png` and `A_0001_1.RIGHT_MLO.png` give the same. None when the name
-    has no side or view word (then it tells nothing about whose the film is)."""
+    has no side or view word, or nothing with a digit is left (`LEFT_CC.png` in a folder
+    per patient): then the name tells nothing about whose the film is."""
     stem = Path(name).stem
     key = _VIEW.sub("", _SIDE.sub("", stem))
-    return key.lower() if key != stem else None
+    return key.lower() if key != stem and any(c.isdigit() for c in key) else None
+
+
+def straddling_patients(files: Sequence[Path | str], splits: Sequence[str],
+                        patients: Sequence[str] | None = None
+                        ) -> tuple[list[dict[str, Path]], int]:
+    """The patients whose files lie in more than one split (`splits[i]` is the split of
+    `files[i]`), each as split -> her first file there, and how many patients are known.
+
+    `patients[i]` is the patient of `files[i]`; None: as the file names tell (`woman_of`;
+    nobody when two files share a name, since names then do not even tell images apart).
+    """
+    names = [Path(file).name for file in files]
+    if patients is None:
+        unique = len(set(names)) == len(names)
+        keys = [woman_of(name) if unique else None for name in names]
+    else:
+        keys = list(patients)
+    found: dict[str, dict[str, Path]] = {}
+    for key, split, file in zip(keys, splits, files, strict=True):
+        if key is not None:
+            found.setdefault(key, {}).setdefault(split, Path(file))
+    return [by_split for by_split in found.values() if len(by_split) > 1], len(found)
 
 
 def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:

@@ -33,7 +33,11 @@ from .metrics import (
 )
 from .near_copies import near_copy_sources, save_thumbnails, thumbnails
 from .options import check_options, class_weights, fill_defaults
-from .other_breast import WithOtherBreast, pair_with_other_breasts, woman_of
+from .other_breast import (
+    WithOtherBreast,
+    pair_with_other_breasts,
+    straddling_patients,
+)
 from .plots import plot_history, save_figure
 
 logger = logging.getLogger(__name__)
@@ -155,9 +159,10 @@ def patients_in_several_splits(data_dir: Path, train_folder: ImageFolder,
 
     A patient is split.csv's `patient_id` where it lists every image (`prepare` writes it),
     otherwise what file names that differ only in side and view share (`woman_of`: DDSM's
-    `A_0001_1.LEFT_CC` and `A_0001_1.RIGHT_MLO`); images whose names carry neither count
-    as no one's. The original project's DDSM folders were split by image: one woman's films
-    on both sides flatter every validation and test number, so this is said before training.
+    `A_0001_1.LEFT_CC` and `A_0001_1.RIGHT_MLO`: `straddling_patients`); images whose
+    names carry neither count as no one's. The original project's DDSM folders were split
+    by image: one woman's films on both sides flatter every validation and test number, so
+    this is said before training.
     """
     folders = {"train": train_folder, "validation": validation_folder}
     test_dir = split_folders(data_dir).get("test")
@@ -169,20 +174,14 @@ def patients_in_several_splits(data_dir: Path, train_folder: ImageFolder,
     files = [file for folder in folders.values() for file in folder.files]
     splits = [name for name, folder in folders.items() for _ in folder.files]
     groups = patient_groups(files, data_dir)
-    keys: list[str | None] = (list(groups) if groups is not None
-                              else [woman_of(Path(file).name) for file in files])
+    shared, total = straddling_patients(files, splits, groups)
     source = "split.csv's patient_id" if groups is not None else "their file names"
-    found: dict[str, dict[str, Path]] = {}
-    for key, split, file in zip(keys, splits, files, strict=True):
-        if key is not None:
-            found.setdefault(key, {}).setdefault(split, Path(file))
-    shared = [by_split for by_split in found.values() if len(by_split) > 1]
     if not shared:
         return 0, None
     example = " and ".join(f"{file.name} in {folders[split].root.name}/"
                            for split, file in list(shared[0].items())[:2])
     return len(shared), (
-        f"{data_dir}: {len(shared)} of {len(found)} patients have images in more than one "
+        f"{data_dir}: {len(shared)} of {total} patients have images in more than one "
         f"split, by {source} (for example {example}): the split is by image, not by "
         "patient, so validation and test numbers are optimistic. Split by patient with "
         f"`tumor-classifier prepare folders {data_dir} DEST --patient-pattern REGEX` (it "
