@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from tumor_classifier.config import TrainConfig
-from tumor_classifier.cv import cross_validate, format_cv, load_samples, patient_folds
+from tumor_classifier.cv import (
+    _women_in_two_test_folds,
+    cross_validate,
+    format_cv,
+    load_samples,
+    patient_folds,
+)
 
 
 def test_folds_keep_every_patient_in_one_place(prepared_mias: Path) -> None:
@@ -37,6 +43,34 @@ def test_cv_refuses_to_split_without_patients(tmp_path: Path) -> None:
     (tmp_path / "BEN").mkdir()
     with pytest.raises(FileNotFoundError, match="never splits by image"):
         load_samples(tmp_path)
+
+
+def test_cv_says_when_its_groups_part_one_womans_films(prepared_mias: Path,
+                                                     tmp_path: Path) -> None:
+    # Real films under DDSM names, with a --groups CSV that gives each film its own patient
+    source = tmp_path / "ddsm"
+    lines = ["file,patient_id"]
+    for sample in load_samples(prepared_mias):
+        number = int(sample.path.stem[3:])
+        name = f"A_{(number + 1) // 2:04d}_1.{'LEFT' if number % 2 else 'RIGHT'}_MLO.png"
+        (source / sample.label).mkdir(parents=True, exist_ok=True)
+        (source / sample.label / name).symlink_to(sample.path)
+        lines.append(f"{sample.label}/{name},{sample.label}/{name}")
+    (tmp_path / "groups.csv").write_text("\n".join(lines) + "\n")
+    by_image = load_samples(source, tmp_path / "groups.csv")
+    parts = patient_folds([s.label for s in by_image], [s.patient for s in by_image], 5, 0)
+    message = _women_in_two_test_folds(by_image, parts, tmp_path / "groups.csv")
+    assert message is not None and re.match(
+        r"\d+ women's images are tested in different folds, though their file names say they "
+        r"are one woman's \(for example A_\d{4}_1\.(LEFT|RIGHT)_MLO\.png in fold \d", message)
+    assert f"the patients of {tmp_path / 'groups.csv'} part them" in message
+    # the same films grouped by woman: nothing to say
+    (tmp_path / "women.csv").write_text("\n".join(
+        [lines[0]] + [f"{line.split(',')[0]},{line.split('/')[1][:6]}" for line in lines[1:]]))
+    by_woman = load_samples(source, tmp_path / "women.csv")
+    assert len({sample.patient for sample in by_woman}) == 120
+    parts = patient_folds([s.label for s in by_woman], [s.patient for s in by_woman], 5, 0)
+    assert _women_in_two_test_folds(by_woman, parts, tmp_path / "women.csv") is None
 
 
 @pytest.mark.slow
@@ -95,6 +129,10 @@ def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path,
     assert saved["near_copies_in_test_folds"] == 0 and "WARNING" not in format_cv(summary)
     summary["near_copies_in_test_folds"] = 3
     assert "WARNING: 3 test-fold images are near-copies" in format_cv(summary)
+    assert saved["same_patient_in_test_folds"] == 0
+    summary["same_patient_in_test_folds"] = 2
+    assert ("WARNING: 2 test-fold images are of women their fold's model was fitted on, by "
+            "their file names") in format_cv(summary)
     # seed trains without flips: its folds predict without TTA, and the summary says so
     assert saved["tta"] is False and "TTA" not in format_cv(summary)
     assert "(TTA)" in format_cv({**summary, "tta": True})

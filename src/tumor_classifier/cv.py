@@ -25,6 +25,7 @@ from .data import scan_pooled
 from .datasets import link_file, read_patients, write_csv
 from .evaluate import write_evaluation
 from .near_copies import join_near_copies
+from .other_breast import straddling_patients
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,27 @@ def _pool(metrics: dict[str, Any], test: Any, samples: list[Sample], in_fold: di
             predicted[index] = True
 
 
+def _women_in_two_test_folds(samples: list[Sample],
+                             parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                             source: Path | str) -> str | None:
+    """One line when the patients given (`source`: split.csv or --groups) part images whose
+    file names say they are one woman's (`other_breast.straddling_patients`) into different
+    test folds, or None."""
+    test_fold = np.zeros(len(samples), np.int64)
+    for fold, (_, _, test) in enumerate(parts):
+        test_fold[test] = fold + 1
+    straddling, _ = straddling_patients([sample.path for sample in samples],
+                                        [f"fold {fold}" for fold in test_fold])
+    if not straddling:
+        return None
+    example = " and ".join(f"{file.name} in {fold}"
+                           for fold, file in list(straddling[0].items())[:2])
+    return (f"{len(straddling)} women's images are tested in different folds, though their "
+            f"file names say they are one woman's (for example {example}): the patients of "
+            f"{source} part them, and each such fold is tested on women it was fitted on. "
+            "Give each woman one patient (--groups, or prepare folders --patient-pattern).")
+
+
 def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 5,
                    groups_csv: Path | None = None,
                    group_near_copies: bool = False) -> dict[str, Any]:
@@ -171,6 +193,9 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
     labels = [sample.label for sample in samples]
     class_names = tuple(sorted(set(labels)))
     parts = patient_folds(labels, [sample.patient for sample in samples], folds, config.seed)
+    message = _women_in_two_test_folds(samples, parts, groups_csv or "split.csv")
+    if message:
+        logger.warning("%s: %s", data_dir, message)
     circles: dict[Path, list[tuple[float, float, float]]] = {}
     if (Path(data_dir) / "annotations.csv").is_file():
         from .patches import load_annotations
@@ -275,6 +300,9 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
         # (another patient's copy of the same picture): every number above is then optimistic.
         "near_copies_in_test_folds": sum(sum((metrics.get("near_copies") or {}).values())
                                          for metrics in per_fold),
+        # ... and images of women their fold was fitted on, by file names (DDSM's).
+        "same_patient_in_test_folds": sum(
+            sum((metrics.get("same_patient_as_fitted") or {}).values()) for metrics in per_fold),
         "pooled_out_of_fold": {key: pooled[key] for key in (
             "n", "accuracy", "balanced_accuracy", "majority_baseline", "macro_auc_ovr",
             "binary", "expected_calibration_error", "confidence_intervals", "per_class")},
@@ -317,4 +345,10 @@ def format_cv(summary: dict[str, Any]) -> str:
                      "near-copies of images their fold's model was fitted on (each fold's "
                      "predictions.csv: near_copy_of); these numbers are optimistic. "
                      "--group-near-copies keeps each picture's copies in one fold.")
+    if summary.get("same_patient_in_test_folds"):
+        lines.append(f"WARNING: {summary['same_patient_in_test_folds']} test-fold images are "
+                     "of women their fold's model was fitted on, by their file names (each "
+                     "fold's predictions.csv: same_patient_as); these numbers are optimistic. "
+                     "Give each woman one patient (--groups, or prepare folders "
+                     "--patient-pattern).")
     return "\n".join(lines)
