@@ -92,8 +92,15 @@ def test_plain_class_folders_are_split_by_patient_before_training(
     out = capsys.readouterr().out
     assert code == 0 and "train          4   BEN 1  CAN 2  NOR 1" in out
     assert "wrote " + str(tmp_path / "split") in out
-    with pytest.raises(SystemExit):  # argparse: one of the three ways is required
+    with pytest.raises(SystemExit):  # argparse: one of the four ways is required
         main(["prepare", "folders", str(tmp_path / "flat"), str(tmp_path / "other")])
+    # PNGs name no patient in a header: one line per file, exit 2, nothing written
+    code = main(["prepare", "folders", str(tmp_path / "flat"), str(tmp_path / "other"),
+                 "--patient-from-dicom"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--patient-from-dicom: 4 of 4 image(s) name no patient" in err
+    assert f"{tmp_path / 'flat' / 'BEN' / 'p1_a.png'}: not a DICOM file" in err
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.slow

@@ -224,6 +224,50 @@ def test_prepare_folders_says_when_names_show_one_woman_in_two_splits(
     assert len({row["patient_id"] for row in _rows(tmp_path / "by-woman")}) == 120
 
 
+def test_prepare_folders_reads_the_patient_from_dicom_headers_and_never_writes_it(
+    prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from conftest import write_dicom
+
+    # The films of 15 women as DICOM files named img1.dcm, img2.dcm, ...: only the header
+    # says whose each is; one woman's IDs carry side and view, as CBIS-DDSM's do.
+    source = tmp_path / "dicom"
+    rows = sorted(_rows(prepared_mias), key=lambda row: row["file"].split("/")[-1])[:30]
+    for number, row in enumerate(rows, start=1):
+        film = int(Path(row["file"]).stem[3:])
+        woman = (film + 1) // 2
+        patient_id = f"SECRET-{woman:03d}"
+        if woman == (int(Path(rows[0]["file"]).stem[3:]) + 1) // 2:
+            patient_id = f"Mass-Training_SECRET_{woman:05d}_{'LEFT' if film % 2 else 'RIGHT'}_CC"
+        pixels = np.asarray(Image.open(prepared_mias / row["file"]).convert("L"))
+        write_dicom(source / row["label"] / f"img{number}.dcm", pixels, PatientID=patient_id)
+    with caplog.at_level("DEBUG"):
+        prepare_folders(source, tmp_path / "out", patient_from_dicom=True)
+    written = _rows(tmp_path / "out")
+    assert len(written) == 30 and len({row["patient_id"] for row in written}) == 15
+    assert {row["patient_id"] for row in written} == {f"patient-{n:04d}" for n in range(1, 16)}
+    woman_of_film = {f"img{n}.dcm": (int(Path(row["file"]).stem[3:]) + 1) // 2
+                     for n, row in enumerate(rows, start=1)}
+    splits_of: dict[int, set[tuple[str, str]]] = {}
+    for row in written:
+        splits_of.setdefault(woman_of_film[Path(row["file"]).name], set()).add(
+            (row["split"], row["patient_id"]))
+    assert all(len(places) == 1 for places in splits_of.values())  # one patient, one split
+    # the identifiers are compared, never written or logged
+    assert "SECRET" not in (tmp_path / "out" / "split.csv").read_text()
+    assert "SECRET" not in caplog.text
+
+    # images whose header names no patient: one line each, nothing written
+    Image.open(prepared_mias / rows[0]["file"]).save(source / "NOR" / "extra.png")
+    write_dicom(source / "NOR" / "anonymised.dcm", np.asarray(
+        Image.open(prepared_mias / rows[1]["file"]).convert("L")), PatientID="")
+    with pytest.raises(ValueError, match=r"--patient-from-dicom: 2 of 32 image\(s\) name no "
+                       r"patient:\n  .*anonymised.dcm: no PatientID in its DICOM header "
+                       r"\(anonymised\).\n  .*extra.png: not a DICOM file"):
+        prepare_folders(source, tmp_path / "out2", patient_from_dicom=True)
+    assert not (tmp_path / "out2").exists()
+
+
 def test_prepare_folders_can_keep_near_copies_with_their_original(
     prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     patient.add_argument("--patient-pattern", default=None, metavar="REGEX",
                          help="regular expression that finds the patient in each file's path "
                          "below its class folder (its first group, or the whole match)")
+    patient.add_argument("--patient-from-dicom", action="store_true",
+                         help="the patient in each DICOM header (PatientID, compared only: "
+                         "split.csv numbers the patients)")
     patient.add_argument("--one-image-per-patient", action="store_true",
                          help="state that every image is a different patient")
     folders.add_argument("--copy", action="store_true",
@@ -228,7 +231,8 @@ def _prepare(args: argparse.Namespace) -> int:
     else:
         counts = prepare_folders(args.source, args.dest, args.groups, args.patient_pattern,
                                  args.one_image_per_patient, args.fractions, args.seed,
-                                 args.copy, args.group_near_copies)
+                                 args.copy, args.group_near_copies,
+                                 args.patient_from_dicom)
         columns = "file,label,patient_id,split"
     for split, per_class in counts.items():
         total = sum(per_class.values())

@@ -64,8 +64,8 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]
             f"{data_dir}: no split.csv and no --groups CSV; cross-validation needs the "
             "patient of every image (it never splits by image). Pass --groups with "
             "file,patient_id, or make one with `tumor-classifier prepare folders "
-            f"{data_dir} DEST --patient-pattern REGEX` (or --one-image-per-patient) and "
-            "cross-validate DEST."
+            f"{data_dir} DEST --patient-pattern REGEX` (or --patient-from-dicom, or "
+            "--one-image-per-patient) and cross-validate DEST."
         )
     with table.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

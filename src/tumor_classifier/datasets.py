@@ -11,12 +11,14 @@ The layout every other command reads:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import os
 import re
 import shutil
 import tarfile
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,8 +30,9 @@ from PIL import Image
 
 from .config import SPLITS
 from .data import scan_pooled, split_folders
+from .imaging import is_dicom
 from .near_copies import join_near_copies
-from .other_breast import straddling_patients
+from .other_breast import straddling_patients, without_side_and_view
 
 logger = logging.getLogger(__name__)
 
@@ -307,6 +310,54 @@ def _patients_from_names(pattern: str, names: list[str]) -> list[str]:
     return patients
 
 
+def _patients_from_dicom(files: Sequence[Path]) -> list[str]:
+    """Each DICOM file's patient as `patient-0001`, `patient-0002`, ... (numbered in file
+    order), from the header's PatientID and IssuerOfPatientID.
+
+    The identifiers are read only to be compared: hashed at once, never returned, logged or
+    written. Side and view words are dropped from the ID first, as from file names
+    (`other_breast.without_side_and_view`), since some sets write them into it (CBIS-DDSM:
+    `Mass-Training_P_00001_LEFT_CC`).
+
+    Raises:
+        ValueError: files that are not DICOM, cannot be parsed or have no PatientID, one
+            line each.
+    """
+    import pydicom
+
+    keys: list[str] = []
+    problems: list[str] = []
+    for path in files:
+        if not is_dicom(path):
+            problems.append(f"{path}: not a DICOM file, so its header names no patient.")
+            keys.append("")
+            continue
+        try:
+            with warnings.catch_warnings():  # pydicom's warnings may quote header values
+                warnings.simplefilter("ignore")
+                header = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                         specific_tags=["PatientID", "IssuerOfPatientID"])
+            patient = str(header.get("PatientID", "") or "").strip()
+            issuer = str(header.get("IssuerOfPatientID", "") or "").strip()
+        except Exception as error:  # pydicom raises many types; its text is not shown
+            problems.append(f"{path}: cannot parse its DICOM header ({type(error).__name__}).")
+            keys.append("")
+            continue
+        if not patient:
+            problems.append(f"{path}: no PatientID in its DICOM header (anonymised).")
+        patient = without_side_and_view(patient) or patient
+        keys.append(hashlib.sha256(f"{issuer}\0{patient}".encode()).hexdigest())
+    if problems:
+        listing = "\n".join(f"  {line}" for line in problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ValueError(
+            f"--patient-from-dicom: {len(problems)} of {len(files)} image(s) name no "
+            f"patient:\n{listing}{more}\nPass --groups CSV or --patient-pattern REGEX "
+            "instead. Nothing was written.")
+    numbers: dict[str, str] = {}
+    return [numbers.setdefault(key, f"patient-{len(numbers) + 1:04d}") for key in keys]
+
+
 def prepare_folders(
     source: Path,
     dest: Path,
@@ -317,6 +368,7 @@ def prepare_folders(
     seed: int = 0,
     copy: bool = False,
     group_near_copies: bool = False,
+    patient_from_dicom: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Split a dataset of class folders (`SOURCE/{CLASS}/...`, any depth) by patient into
     `DEST/{train,validation,test}/{CLASS}/...` with `split.csv`.
@@ -324,8 +376,9 @@ def prepare_folders(
     Each image's patient comes from exactly one of: `groups` (a CSV `file,patient_id`,
     file relative to SOURCE), `patient_pattern` (a regular expression searched in the path
     below the class folder; its first group, or the whole match, is the patient, e.g.
-    `P_\\d+` for CBIS-DDSM names), or `one_image_per_patient` (a stated assumption, for sets
-    that publish none). With `group_near_copies`, patients with near-copies of one picture
+    `P_\\d+` for CBIS-DDSM names), `patient_from_dicom` (the DICOM headers' PatientID,
+    never written: `_patients_from_dicom`), or `one_image_per_patient` (a stated assumption,
+    for sets that publish none). With `group_near_copies`, patients with near-copies of one picture
     are joined first (`join_near_copies`). Patients are stratified by the set of classes of
     their images. The images are linked (copied with `copy`); the source is only read.
 
@@ -333,13 +386,13 @@ def prepare_folders(
         Counts per split and class.
     """
     source, dest = Path(source), Path(dest)
-    if sum(option is not None and option is not False
-           for option in (groups, patient_pattern, one_image_per_patient)) != 1:
+    if sum(option is not None and option is not False for option in (
+            groups, patient_pattern, one_image_per_patient, patient_from_dicom)) != 1:
         raise ValueError(
             f"{source}: say how to find each image's patient, with exactly one of --groups "
-            "CSV (file,patient_id), --patient-pattern REGEX (found in the file name) or "
-            "--one-image-per-patient; a split by image would put one woman's images on both "
-            "sides."
+            "CSV (file,patient_id), --patient-pattern REGEX (found in the file name), "
+            "--patient-from-dicom or --one-image-per-patient; a split by image would put one "
+            "woman's images on both sides."
         )
     if dest.resolve().is_relative_to(source.resolve()):
         raise ValueError(f"{dest}: lies inside {source}; choose a DEST outside the dataset, "
@@ -361,6 +414,8 @@ def prepare_folders(
         patients = read_patients(Path(groups), source, files)
     elif patient_pattern is not None:
         patients = _patients_from_names(patient_pattern, [name.as_posix() for name in below])
+    elif patient_from_dicom:
+        patients = _patients_from_dicom(files)
     else:
         patients = [Path(*path.relative_to(source).parts).as_posix() for path in files]
     if dest.exists() and any(dest.iterdir()):
@@ -388,7 +443,7 @@ def prepare_folders(
             " and ".join(f"{file.name} in {split}" for split, file in
                          list(straddling[0].items())[:2]),
             "--groups" if groups is not None else "--patient-pattern" if patient_pattern
-            else "--one-image-per-patient")
+            else "--patient-from-dicom" if patient_from_dicom else "--one-image-per-patient")
     counts = {split: dict.fromkeys(folder.class_names, 0) for split in SPLITS}
     rows = []
     for path, label, patient, rest in zip(files, folder.labels, patients, below, strict=True):

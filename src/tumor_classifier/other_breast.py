@@ -69,15 +69,20 @@ _VIEW = re.compile(r"(?<![A-Za-z0-9])(cc|mlo|ml|lm|lmo|xccl|xccm)(?![A-Za-z0-9])
                    re.IGNORECASE)
 
 
+def without_side_and_view(text: str) -> str | None:
+    """`text` without its side (LEFT/RIGHT, L/R) and view (CC, MLO, ...) words, in lower
+    case; None when it has no such word, or nothing with a digit is left."""
+    key = _VIEW.sub("", _SIDE.sub("", text))
+    return key.lower() if key != text and any(c.isdigit() for c in key) else None
+
+
 def woman_of(name: str) -> str | None:
     """What the names of one woman's films share: the file name without its extension,
-    side (LEFT/RIGHT, L/R) and view (CC, MLO, ...) words, in lower case; so DDSM's
-    `A_0001_1.LEFT_CC.png` and `A_0001_1.RIGHT_MLO.png` give the same. None when the name
-    has no side or view word, or nothing with a digit is left (`LEFT_CC.png` in a folder
-    per patient): then the name tells nothing about whose the film is."""
-    stem = Path(name).stem
-    key = _VIEW.sub("", _SIDE.sub("", stem))
-    return key.lower() if key != stem and any(c.isdigit() for c in key) else None
+    side and view words (`without_side_and_view`); so DDSM's `A_0001_1.LEFT_CC.png` and
+    `A_0001_1.RIGHT_MLO.png` give the same. None when the name has no side or view word, or
+    nothing with a digit is left (`LEFT_CC.png` in a folder per patient): then the name
+    tells nothing about whose the film is."""
+    return without_side_and_view(Path(name).stem)
 
 
 def straddling_patients(files: Sequence[Path | str], splits: Sequence[str],

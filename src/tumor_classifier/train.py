@@ -132,7 +132,8 @@ def _scan_splits(data_dir: Path) -> tuple[ImageFolder, ImageFolder]:
             f"{data_dir}: no train/ folder; train reads DATA/train/{{CLASS}}/ and "
             "DATA/validation/{CLASS}/. To split class folders by patient, run "
             f"`tumor-classifier prepare folders {data_dir} DEST --patient-pattern REGEX` "
-            "(or --groups CSV, or --one-image-per-patient) and train on DEST."
+            "(or --groups CSV, --patient-from-dicom or --one-image-per-patient) and train "
+            "on DEST."
         )
     if train_dir is not None and validation_dir is None:
         raise FileNotFoundError(
