@@ -19,6 +19,7 @@ from tumor_classifier.datasets import (
     prepare_mini_mias,
     split_patients,
 )
+from tumor_classifier.other_breast import other_breasts
 
 
 def _rows(dest: Path) -> list[dict[str, str]]:
@@ -240,7 +241,8 @@ def test_prepare_folders_reads_the_patient_from_dicom_headers_and_never_writes_i
         if woman == (int(Path(rows[0]["file"]).stem[3:]) + 1) // 2:
             patient_id = f"Mass-Training_SECRET_{woman:05d}_{'LEFT' if film % 2 else 'RIGHT'}_CC"
         pixels = np.asarray(Image.open(prepared_mias / row["file"]).convert("L"))
-        write_dicom(source / row["label"] / f"img{number}.dcm", pixels, PatientID=patient_id)
+        write_dicom(source / row["label"] / f"img{number}.dcm", pixels, PatientID=patient_id,
+                    ImageLaterality="L" if film % 2 else "R", ViewPosition="MLO")
     with caplog.at_level("DEBUG"):
         prepare_folders(source, tmp_path / "out", patient_from_dicom=True)
     written = _rows(tmp_path / "out")
@@ -253,6 +255,13 @@ def test_prepare_folders_reads_the_patient_from_dicom_headers_and_never_writes_i
         splits_of.setdefault(woman_of_film[Path(row["file"]).name], set()).add(
             (row["split"], row["patient_id"]))
     assert all(len(places) == 1 for places in splits_of.values())  # one patient, one split
+    # each film's other breast: the same patient's film of the same view, other side
+    by_file = {row["file"]: row for row in written}
+    for row in written:
+        other = by_file[row["other_breast"]]
+        assert other["patient_id"] == row["patient_id"] and other["other_breast"] == row["file"]
+        assert other["file"] != row["file"]
+    assert all(other_breasts([tmp_path / "out" / row["file"] for row in written]))
     # the identifiers are compared, never written or logged
     assert "SECRET" not in (tmp_path / "out" / "split.csv").read_text()
     assert "SECRET" not in caplog.text

@@ -227,13 +227,13 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if args.dataset == "mini-mias":
         counts = prepare_mini_mias(args.source, args.dest, args.fractions, args.seed)
-        columns = "file,label,patient_id,split,other_breast"
     else:
         counts = prepare_folders(args.source, args.dest, args.groups, args.patient_pattern,
                                  args.one_image_per_patient, args.fractions, args.seed,
                                  args.copy, args.group_near_copies,
                                  args.patient_from_dicom)
-        columns = "file,label,patient_id,split"
+    with (args.dest / "split.csv").open(encoding="utf-8") as handle:
+        columns = handle.readline().strip()
     for split, per_class in counts.items():
         total = sum(per_class.values())
         listing = "  ".join(f"{name} {count}" for name, count in per_class.items())

@@ -310,9 +310,12 @@ def _patients_from_names(pattern: str, names: list[str]) -> list[str]:
     return patients
 
 
-def _patients_from_dicom(files: Sequence[Path]) -> list[str]:
+def _patients_from_dicom(files: Sequence[Path]) -> tuple[list[str], list[int | None]]:
     """Each DICOM file's patient as `patient-0001`, `patient-0002`, ... (numbered in file
-    order), from the header's PatientID and IssuerOfPatientID.
+    order), from the header's PatientID and IssuerOfPatientID; and each file's other breast
+    (an index into `files`, or None): the one film of the same patient and view
+    (ViewPosition) with the other laterality (ImageLaterality, or Laterality), where each
+    side has exactly one.
 
     The identifiers are read only to be compared: hashed at once, never returned, logged or
     written. Side and view words are dropped from the ID first, as from file names
@@ -326,27 +329,33 @@ def _patients_from_dicom(files: Sequence[Path]) -> list[str]:
     import pydicom
 
     keys: list[str] = []
+    films: dict[tuple[str, str], dict[str, list[int]]] = {}
     problems: list[str] = []
-    for path in files:
+    tags = ["PatientID", "IssuerOfPatientID", "ViewPosition", "ImageLaterality", "Laterality"]
+    for index, path in enumerate(files):
+        keys.append("")
         if not is_dicom(path):
             problems.append(f"{path}: not a DICOM file, so its header names no patient.")
-            keys.append("")
             continue
         try:
             with warnings.catch_warnings():  # pydicom's warnings may quote header values
                 warnings.simplefilter("ignore")
                 header = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                                         specific_tags=["PatientID", "IssuerOfPatientID"])
-            patient = str(header.get("PatientID", "") or "").strip()
-            issuer = str(header.get("IssuerOfPatientID", "") or "").strip()
+                                         specific_tags=tags)
+            text = {tag: str(header.get(tag, "") or "").strip() for tag in tags}
         except Exception as error:  # pydicom raises many types; its text is not shown
             problems.append(f"{path}: cannot parse its DICOM header ({type(error).__name__}).")
-            keys.append("")
             continue
-        if not patient:
+        if not text["PatientID"]:
             problems.append(f"{path}: no PatientID in its DICOM header (anonymised).")
-        patient = without_side_and_view(patient) or patient
-        keys.append(hashlib.sha256(f"{issuer}\0{patient}".encode()).hexdigest())
+            continue
+        patient = without_side_and_view(text["PatientID"]) or text["PatientID"]
+        keys[index] = hashlib.sha256(
+            f"{text['IssuerOfPatientID']}\0{patient}".encode()).hexdigest()
+        view = text["ViewPosition"].upper()
+        side = (text["ImageLaterality"] or text["Laterality"]).upper()
+        if side in ("L", "R") and view:
+            films.setdefault((keys[index], view), {}).setdefault(side, []).append(index)
     if problems:
         listing = "\n".join(f"  {line}" for line in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -354,8 +363,14 @@ def _patients_from_dicom(files: Sequence[Path]) -> list[str]:
             f"--patient-from-dicom: {len(problems)} of {len(files)} image(s) name no "
             f"patient:\n{listing}{more}\nPass --groups CSV or --patient-pattern REGEX "
             "instead. Nothing was written.")
+    others: list[int | None] = [None] * len(files)
+    for sides in films.values():
+        if len(sides.get("L", [])) == 1 and len(sides.get("R", [])) == 1:
+            left, right = sides["L"][0], sides["R"][0]
+            others[left], others[right] = right, left
     numbers: dict[str, str] = {}
-    return [numbers.setdefault(key, f"patient-{len(numbers) + 1:04d}") for key in keys]
+    return ([numbers.setdefault(key, f"patient-{len(numbers) + 1:04d}") for key in keys],
+            others)
 
 
 def prepare_folders(
@@ -410,12 +425,13 @@ def prepare_folders(
     files = list(folder.files)
     # Each file's path below its class folder: where a patient pattern is searched.
     below = [Path(*path.relative_to(source).parts[2 if splits else 1:]) for path in files]
+    others: list[int | None] = [None] * len(files)  # each file's other breast, from DICOM
     if groups is not None:
         patients = read_patients(Path(groups), source, files)
     elif patient_pattern is not None:
         patients = _patients_from_names(patient_pattern, [name.as_posix() for name in below])
     elif patient_from_dicom:
-        patients = _patients_from_dicom(files)
+        patients, others = _patients_from_dicom(files)
     else:
         patients = [Path(*path.relative_to(source).parts).as_posix() for path in files]
     if dest.exists() and any(dest.iterdir()):
@@ -453,6 +469,12 @@ def prepare_folders(
         link_file(path, dest / relative, copy)
         counts[split][name] += 1
         rows.append([relative, name, patient, split])
-    write_csv(dest / "split.csv", ["file", "label", "patient_id", "split"], rows)
+    columns = ["file", "label", "patient_id", "split"]
+    if any(other is not None for other in others):
+        # The other breast (one patient: the same split), which the default model reads.
+        columns.append("other_breast")
+        for row, other in zip(rows, others, strict=True):
+            row.append(rows[other][0] if other is not None else "")
+    write_csv(dest / "split.csv", columns, rows)
     logger.info("Split %d images of %d patients into %s", len(rows), len(assignment), dest)
     return counts
