@@ -277,6 +277,37 @@ def test_prepare_folders_reads_the_patient_from_dicom_headers_and_never_writes_i
     assert not (tmp_path / "out2").exists()
 
 
+def test_prepare_folders_pairs_the_breasts_from_a_groups_csv(
+    prepared_mias: Path, tmp_path: Path
+) -> None:
+    # Real films under opaque names, with patient, side and view in a CSV (as public sets
+    # publish them); one woman has a second left film of the same view: she stays unpaired.
+    source = tmp_path / "plain"
+    lines = ["file,patient_id,laterality,view"]
+    rows = sorted(_rows(prepared_mias), key=lambda row: row["file"].split("/")[-1])[:20]
+    for number, row in enumerate(rows, start=1):
+        film = int(Path(row["file"]).stem[3:])
+        target = source / row["label"] / f"{number:03d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(prepared_mias / row["file"], target)
+        lines.append(f"{row['label']}/{target.name},w{(film + 1) // 2},"
+                     f"{'LEFT' if film % 2 else 'right'},MLO")
+    woman = lines[1].split(",")[1]
+    os.link(source / lines[1].split(",")[0], source / lines[1].split("/")[0] / "999.png")
+    lines.append(f"{lines[1].split('/')[0]}/999.png,{woman},L,mlo")
+    (tmp_path / "groups.csv").write_text("\n".join(lines) + "\n")
+    prepare_folders(source, tmp_path / "out", groups=tmp_path / "groups.csv")
+    written = {Path(row["file"]).name: row for row in _rows(tmp_path / "out")}
+    assert len(written) == 21
+    for row in written.values():
+        if row["patient_id"] == woman:
+            assert row["other_breast"] == ""
+        else:
+            other = written[Path(row["other_breast"]).name]
+            assert other["patient_id"] == row["patient_id"] != woman
+            assert Path(other["other_breast"]).name == Path(row["file"]).name
+
+
 def test_prepare_folders_can_keep_near_copies_with_their_original(
     prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -310,12 +310,11 @@ def _patients_from_names(pattern: str, names: list[str]) -> list[str]:
     return patients
 
 
-def _patients_from_dicom(files: Sequence[Path]) -> tuple[list[str], list[int | None]]:
+def _patients_from_dicom(files: Sequence[Path]
+                         ) -> tuple[list[str], list[str], list[str]]:
     """Each DICOM file's patient as `patient-0001`, `patient-0002`, ... (numbered in file
-    order), from the header's PatientID and IssuerOfPatientID; and each file's other breast
-    (an index into `files`, or None): the one film of the same patient and view
-    (ViewPosition) with the other laterality (ImageLaterality, or Laterality), where each
-    side has exactly one.
+    order), from the header's PatientID and IssuerOfPatientID; and its view (ViewPosition)
+    and side (ImageLaterality, or Laterality), for `_pair_sides`.
 
     The identifiers are read only to be compared: hashed at once, never returned, logged or
     written. Side and view words are dropped from the ID first, as from file names
@@ -329,7 +328,8 @@ def _patients_from_dicom(files: Sequence[Path]) -> tuple[list[str], list[int | N
     import pydicom
 
     keys: list[str] = []
-    films: dict[tuple[str, str], dict[str, list[int]]] = {}
+    views: list[str] = [""] * len(files)
+    sides: list[str] = [""] * len(files)
     problems: list[str] = []
     tags = ["PatientID", "IssuerOfPatientID", "ViewPosition", "ImageLaterality", "Laterality"]
     for index, path in enumerate(files):
@@ -352,10 +352,8 @@ def _patients_from_dicom(files: Sequence[Path]) -> tuple[list[str], list[int | N
         patient = without_side_and_view(text["PatientID"]) or text["PatientID"]
         keys[index] = hashlib.sha256(
             f"{text['IssuerOfPatientID']}\0{patient}".encode()).hexdigest()
-        view = text["ViewPosition"].upper()
-        side = (text["ImageLaterality"] or text["Laterality"]).upper()
-        if side in ("L", "R") and view:
-            films.setdefault((keys[index], view), {}).setdefault(side, []).append(index)
+        views[index] = text["ViewPosition"]
+        sides[index] = text["ImageLaterality"] or text["Laterality"]
     if problems:
         listing = "\n".join(f"  {line}" for line in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -363,14 +361,38 @@ def _patients_from_dicom(files: Sequence[Path]) -> tuple[list[str], list[int | N
             f"--patient-from-dicom: {len(problems)} of {len(files)} image(s) name no "
             f"patient:\n{listing}{more}\nPass --groups CSV or --patient-pattern REGEX "
             "instead. Nothing was written.")
-    others: list[int | None] = [None] * len(files)
-    for sides in films.values():
-        if len(sides.get("L", [])) == 1 and len(sides.get("R", [])) == 1:
-            left, right = sides["L"][0], sides["R"][0]
-            others[left], others[right] = right, left
     numbers: dict[str, str] = {}
     return ([numbers.setdefault(key, f"patient-{len(numbers) + 1:04d}") for key in keys],
-            others)
+            views, sides)
+
+
+def _views_and_sides(table: Path, source: Path, files: Sequence[Path]
+                     ) -> tuple[list[str], list[str]]:
+    """Each file's `view` and `laterality` from a --groups CSV's optional columns of those
+    names (empty where absent), for `_pair_sides`."""
+    with table.open(encoding="utf-8", newline="") as handle:
+        rows = {(source / row["file"]).resolve(): row for row in csv.DictReader(handle)}
+    found = [rows.get(path.resolve(), {}) for path in files]
+    return ([(row.get("view") or "").strip() for row in found],
+            [(row.get("laterality") or "").strip() for row in found])
+
+
+def _pair_sides(patients: Sequence[str], views: Sequence[str], sides: Sequence[str]
+                ) -> list[int | None]:
+    """Each file's other breast (an index, or None): the one file of the same patient and
+    view with the other side (L or R, LEFT or RIGHT, any case), where each side has exactly
+    one (a second exam of one breast leaves both unpaired)."""
+    films: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for index, (patient, view, side) in enumerate(zip(patients, views, sides, strict=True)):
+        side = side.upper()[:1]
+        if side in ("L", "R") and view:
+            films.setdefault((patient, view.upper()), {}).setdefault(side, []).append(index)
+    others: list[int | None] = [None] * len(patients)
+    for by_side in films.values():
+        if len(by_side.get("L", [])) == 1 and len(by_side.get("R", [])) == 1:
+            left, right = by_side["L"][0], by_side["R"][0]
+            others[left], others[right] = right, left
+    return others
 
 
 def prepare_folders(
@@ -389,13 +411,16 @@ def prepare_folders(
     `DEST/{train,validation,test}/{CLASS}/...` with `split.csv`.
 
     Each image's patient comes from exactly one of: `groups` (a CSV `file,patient_id`,
-    file relative to SOURCE), `patient_pattern` (a regular expression searched in the path
-    below the class folder; its first group, or the whole match, is the patient, e.g.
-    `P_\\d+` for CBIS-DDSM names), `patient_from_dicom` (the DICOM headers' PatientID,
-    never written: `_patients_from_dicom`), or `one_image_per_patient` (a stated assumption,
-    for sets that publish none). With `group_near_copies`, patients with near-copies of one picture
-    are joined first (`join_near_copies`). Patients are stratified by the set of classes of
-    their images. The images are linked (copied with `copy`); the source is only read.
+    file relative to SOURCE, with optional `laterality` and `view` columns),
+    `patient_pattern` (a regular expression searched in the path below the class folder;
+    its first group, or the whole match, is the patient, e.g. `P_\\d+` for CBIS-DDSM
+    names), `patient_from_dicom` (the DICOM headers' PatientID, never written:
+    `_patients_from_dicom`), or `one_image_per_patient` (a stated assumption, for sets that
+    publish none). With `group_near_copies`, patients with near-copies of one picture are
+    joined first (`join_near_copies`). Patients are stratified by the set of classes of
+    their images. Where the DICOM headers or the CSV give each film's side and view,
+    `split.csv` names each film's other breast (`_pair_sides`). The images are linked
+    (copied with `copy`); the source is only read.
 
     Returns:
         Counts per split and class.
@@ -425,13 +450,15 @@ def prepare_folders(
     files = list(folder.files)
     # Each file's path below its class folder: where a patient pattern is searched.
     below = [Path(*path.relative_to(source).parts[2 if splits else 1:]) for path in files]
-    others: list[int | None] = [None] * len(files)  # each file's other breast, from DICOM
+    views: list[str] = [""] * len(files)  # each file's view and side, to pair the breasts
+    sides: list[str] = [""] * len(files)
     if groups is not None:
         patients = read_patients(Path(groups), source, files)
+        views, sides = _views_and_sides(Path(groups), source, files)
     elif patient_pattern is not None:
         patients = _patients_from_names(patient_pattern, [name.as_posix() for name in below])
     elif patient_from_dicom:
-        patients, others = _patients_from_dicom(files)
+        patients, views, sides = _patients_from_dicom(files)
     else:
         patients = [Path(*path.relative_to(source).parts).as_posix() for path in files]
     if dest.exists() and any(dest.iterdir()):
@@ -470,6 +497,7 @@ def prepare_folders(
         counts[split][name] += 1
         rows.append([relative, name, patient, split])
     columns = ["file", "label", "patient_id", "split"]
+    others = _pair_sides(patients, views, sides)
     if any(other is not None for other in others):
         # The other breast (one patient: the same split), which the default model reads.
         columns.append("other_breast")
