@@ -68,6 +68,17 @@ def test_cv_says_when_its_groups_part_one_womans_films(prepared_mias: Path,
     (tmp_path / "women.csv").write_text("\n".join(
         [lines[0]] + [f"{line.split(',')[0]},{line.split('/')[1][:6]}" for line in lines[1:]]))
     by_woman = load_samples(source, tmp_path / "women.csv")
+    assert all(sample.other_breast is None for sample in by_woman)
+    # with the CSV's optional laterality and view, each film gets its woman's other film
+    (tmp_path / "sides.csv").write_text("\n".join(
+        ["file,patient_id,laterality,view"] + [
+            f"{line.split(',')[0]},{line.split('/')[1][:6]},"
+            f"{'L' if 'LEFT' in line.split(',')[0] else 'R'},MLO" for line in lines[1:]]))
+    paired = load_samples(source, tmp_path / "sides.csv")
+    for sample in paired:
+        assert sample.other_breast is not None
+        assert sample.other_breast.name == sample.path.name.replace(
+            "LEFT", "x").replace("RIGHT", "LEFT").replace("x", "RIGHT")
     assert len({sample.patient for sample in by_woman}) == 120
     parts = patient_folds([s.label for s in by_woman], [s.patient for s in by_woman], 5, 0)
     assert _women_in_two_test_folds(by_woman, parts, tmp_path / "women.csv") is None

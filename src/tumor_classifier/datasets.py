@@ -314,7 +314,7 @@ def _patients_from_dicom(files: Sequence[Path]
                          ) -> tuple[list[str], list[str], list[str]]:
     """Each DICOM file's patient as `patient-0001`, `patient-0002`, ... (numbered in file
     order), from the header's PatientID and IssuerOfPatientID; and its view (ViewPosition)
-    and side (ImageLaterality, or Laterality), for `_pair_sides`.
+    and side (ImageLaterality, or Laterality), for `pair_sides`.
 
     The identifiers are read only to be compared: hashed at once, never returned, logged or
     written. Side and view words are dropped from the ID first, as from file names
@@ -366,10 +366,10 @@ def _patients_from_dicom(files: Sequence[Path]
             views, sides)
 
 
-def _views_and_sides(table: Path, source: Path, files: Sequence[Path]
+def views_and_sides(table: Path, source: Path, files: Sequence[Path]
                      ) -> tuple[list[str], list[str]]:
     """Each file's `view` and `laterality` from a --groups CSV's optional columns of those
-    names (empty where absent), for `_pair_sides`."""
+    names (empty where absent), for `pair_sides`."""
     with table.open(encoding="utf-8", newline="") as handle:
         rows = {(source / row["file"]).resolve(): row for row in csv.DictReader(handle)}
     found = [rows.get(path.resolve(), {}) for path in files]
@@ -377,7 +377,7 @@ def _views_and_sides(table: Path, source: Path, files: Sequence[Path]
             [(row.get("laterality") or "").strip() for row in found])
 
 
-def _pair_sides(patients: Sequence[str], views: Sequence[str], sides: Sequence[str]
+def pair_sides(patients: Sequence[str], views: Sequence[str], sides: Sequence[str]
                 ) -> list[int | None]:
     """Each file's other breast (an index, or None): the one file of the same patient and
     view with the other side (L or R, LEFT or RIGHT, any case), where each side has exactly
@@ -419,7 +419,7 @@ def prepare_folders(
     publish none). With `group_near_copies`, patients with near-copies of one picture are
     joined first (`join_near_copies`). Patients are stratified by the set of classes of
     their images. Where the DICOM headers or the CSV give each film's side and view,
-    `split.csv` names each film's other breast (`_pair_sides`). The images are linked
+    `split.csv` names each film's other breast (`pair_sides`). The images are linked
     (copied with `copy`); the source is only read.
 
     Returns:
@@ -454,7 +454,7 @@ def prepare_folders(
     sides: list[str] = [""] * len(files)
     if groups is not None:
         patients = read_patients(Path(groups), source, files)
-        views, sides = _views_and_sides(Path(groups), source, files)
+        views, sides = views_and_sides(Path(groups), source, files)
     elif patient_pattern is not None:
         patients = _patients_from_names(patient_pattern, [name.as_posix() for name in below])
     elif patient_from_dicom:
@@ -497,7 +497,7 @@ def prepare_folders(
         counts[split][name] += 1
         rows.append([relative, name, patient, split])
     columns = ["file", "label", "patient_id", "split"]
-    others = _pair_sides(patients, views, sides)
+    others = pair_sides(patients, views, sides)
     if any(other is not None for other in others):
         # The other breast (one patient: the same split), which the default model reads.
         columns.append("other_breast")
