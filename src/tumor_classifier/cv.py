@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from .cache_maintenance import remove_entries_under
 from .config import TrainConfig, load_json, save_json
 from .data import scan_pooled
-from .datasets import link_file, pair_sides, read_patients, views_and_sides, write_csv
+from .datasets import link_file, pair_sides, read_groups, write_csv
 from .evaluate import write_evaluation
 from .near_copies import join_near_copies
 from .other_breast import straddling_patients
@@ -54,10 +54,9 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]
     if groups_csv is not None:
         # An already split dataset is pooled: cv makes its own splits.
         folder = scan_pooled(data_dir)
-        patients = read_patients(Path(groups_csv), data_dir, folder.files)
+        patients, views, sides = read_groups(Path(groups_csv), data_dir, folder.files)
         # The CSV's optional laterality and view columns pair each film with its other breast.
-        others = pair_sides(patients, *views_and_sides(Path(groups_csv), data_dir,
-                                                       folder.files))
+        others = pair_sides(patients, views, sides)
         return [Sample(path, folder.class_names[label], patient,
                        folder.files[other] if other is not None else None)
                 for path, label, patient, other in zip(folder.files, folder.labels, patients,

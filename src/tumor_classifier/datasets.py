@@ -262,9 +262,12 @@ def link_file(source: Path, target: Path, copy: bool = False) -> None:
     shutil.copy2(source, target)
 
 
-def read_patients(table: Path, source: Path, files: Sequence[Path]) -> list[str]:
+def read_groups(table: Path, source: Path, files: Sequence[Path]
+                ) -> tuple[list[str], list[str], list[str]]:
     """The patient of each of `files` from a CSV `file,patient_id` (file relative to
-    `source`), as `prepare folders --groups` and `cv --groups` take it.
+    `source`), as `prepare folders --groups` and `cv --groups` take it; and each file's
+    view and side from the optional columns `view` and `laterality` (empty where absent),
+    for `pair_sides`.
 
     Raises:
         FileNotFoundError: no such CSV.
@@ -277,15 +280,17 @@ def read_patients(table: Path, source: Path, files: Sequence[Path]) -> list[str]
     if not rows or "file" not in rows[0] or "patient_id" not in rows[0]:
         raise ValueError(f"{table}: expected the columns file,patient_id (file relative to "
                          f"{source}).")
-    by_file = {(source / row["file"]).resolve(): row["patient_id"].strip() for row in rows}
-    patients = [by_file.get(path.resolve(), "") for path in files]
+    by_file = {(source / row["file"]).resolve(): row for row in rows}
+    found = [by_file.get(path.resolve(), {}) for path in files]
+    patients = [(row.get("patient_id") or "").strip() for row in found]
     missing = [path for path, patient in zip(files, patients, strict=True) if not patient]
     if missing:
         raise ValueError(
             f"{table}: no patient_id for {len(missing)} of {len(files)} image(s), e.g. "
             f"{missing[0].relative_to(source)}; add a row for every image."
         )
-    return patients
+    return (patients, [(row.get("view") or "").strip() for row in found],
+            [(row.get("laterality") or "").strip() for row in found])
 
 
 def _patients_from_names(pattern: str, names: list[str]) -> list[str]:
@@ -366,17 +371,6 @@ def _patients_from_dicom(files: Sequence[Path]
             views, sides)
 
 
-def views_and_sides(table: Path, source: Path, files: Sequence[Path]
-                     ) -> tuple[list[str], list[str]]:
-    """Each file's `view` and `laterality` from a --groups CSV's optional columns of those
-    names (empty where absent), for `pair_sides`."""
-    with table.open(encoding="utf-8", newline="") as handle:
-        rows = {(source / row["file"]).resolve(): row for row in csv.DictReader(handle)}
-    found = [rows.get(path.resolve(), {}) for path in files]
-    return ([(row.get("view") or "").strip() for row in found],
-            [(row.get("laterality") or "").strip() for row in found])
-
-
 def pair_sides(patients: Sequence[str], views: Sequence[str], sides: Sequence[str]
                 ) -> list[int | None]:
     """Each file's other breast (an index, or None): the one file of the same patient and
@@ -453,8 +447,7 @@ def prepare_folders(
     views: list[str] = [""] * len(files)  # each file's view and side, to pair the breasts
     sides: list[str] = [""] * len(files)
     if groups is not None:
-        patients = read_patients(Path(groups), source, files)
-        views, sides = views_and_sides(Path(groups), source, files)
+        patients, views, sides = read_groups(Path(groups), source, files)
     elif patient_pattern is not None:
         patients = _patients_from_names(patient_pattern, [name.as_posix() for name in below])
     elif patient_from_dicom:
