@@ -146,7 +146,8 @@ def test_a_model_with_the_other_breast_pairs_each_film_with_its_own_woman(
     lone.write_bytes(films[0].read_bytes())
     alone, found = classifier.predict([lone, films[1]])
     assert alone.error == (f"{lone}: no other breast given, named in split.csv "
-                           "(other_breast column) or found by its name (LEFT/RIGHT swapped); "
+                           "(other_breast column) or found by its name (LEFT/RIGHT swapped) "
+                           "or DICOM header among the files given; "
                            "this model compares both breasts of a woman: pass --other-breast.")
     assert found.probabilities == results[1].probabilities
     assert classifier.read(films[0])[1].shape == (64, 64, 2)

@@ -99,6 +99,31 @@ def test_straddling_patients_by_patient_or_by_name() -> None:
     assert straddling_patients(files, ["train", "validation", "validation"]) == ([], 0)
 
 
+def test_dicom_films_are_paired_by_their_headers(prepared_mias: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from conftest import write_dicom
+
+    # Four real films as DICOMs with opaque names and no split.csv: patient, view and side
+    # are only in the headers.
+    films = sorted(prepared_mias.glob("*/*/mdb*.png"), key=lambda path: path.name)[:4]
+    files = []
+    for number, film in enumerate(films):
+        pixels = np.asarray(Image.open(film).convert("L"))
+        files.append(write_dicom(tmp_path / "scans" / f"{number}.dcm", pixels,
+                                 PatientID=f"W{number // 2}", ViewPosition="MLO",
+                                 ImageLaterality="LR"[number % 2]))
+    assert other_breasts(files) == [files[1].resolve(), files[0].resolve(),
+                                    files[3].resolve(), files[2].resolve()]
+    # a second left film of one woman's view, and an anonymised film, pair with nothing
+    pixels = np.asarray(Image.open(films[0]).convert("L"))
+    files.append(write_dicom(tmp_path / "scans" / "4.dcm", pixels, PatientID="W0",
+                             ViewPosition="MLO", ImageLaterality="L"))
+    files.append(write_dicom(tmp_path / "scans" / "5.dcm", pixels, PatientID=""))
+    assert other_breasts(files) == [None, None, files[3].resolve(), files[2].resolve(),
+                                    None, None]
+
+
 def test_with_other_breast_puts_the_other_film_behind_the_channels() -> None:
     images = np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2, 1)
     paired = WithOtherBreast(images, np.array([1, 0, 2]))

@@ -47,3 +47,25 @@ def test_predictions_csv_has_a_row_per_readable_file_in_order(tmp_path: Path) ->
         ["b.png", "CAN", "0.100000", "0.700000", "0.200000", ""],
         ["a.png", "BEN", "0.500000", "0.250000", "0.250000", "train image x.png"],
     ]
+
+
+@pytest.mark.slow
+def test_a_paired_model_pairs_dicom_films_by_their_headers(paired_run: Path, prepared_mias: Path,
+                                                            tmp_path: Path) -> None:
+    from PIL import Image
+
+    from conftest import write_dicom
+
+    with (prepared_mias / "split.csv").open() as handle:
+        row = next(row for row in csv.DictReader(handle) if row["split"] == "test")
+    films = [prepared_mias / row["file"], prepared_mias / row["other_breast"]]
+    scans = [write_dicom(tmp_path / f"{number}.dcm",
+                         np.asarray(Image.open(film).convert("L")), PatientID="W1",
+                         ViewPosition="MLO", ImageLaterality="LR"[number])
+             for number, film in enumerate(films)]
+    classifier = Classifier.load(paired_run)
+    by_header = classifier.predict(scans)
+    by_split_csv = classifier.predict(films)
+    assert all(result.error is None for result in by_header + by_split_csv)
+    for dicom, png in zip(by_header, by_split_csv, strict=True):
+        assert dicom.probabilities == pytest.approx(png.probabilities, abs=1e-5)

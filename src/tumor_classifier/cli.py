@@ -94,9 +94,9 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
     parser.add_argument("--other-breast", action=argparse.BooleanOptionalAction,
                         default=defaults.other_breast,
                         help="give the model the woman's other breast too (split.csv's "
-                        "other_breast column, which prepare mini-mias writes, or file names "
-                        "that differ only in LEFT/RIGHT); default: on when every film has "
-                        "its other breast")
+                        "other_breast column, which prepare writes, file names that differ "
+                        "only in LEFT/RIGHT, or DICOM headers); default: on when every film "
+                        "has its other breast")
     parser.add_argument("--cache-dir", default=None,
                         help="decoded-image cache (default: ~/.cache/tumor-classifier)")
     parser.add_argument("--skip-unreadable", action="store_true",

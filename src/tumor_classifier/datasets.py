@@ -11,14 +11,12 @@ The layout every other command reads:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import os
 import re
 import shutil
 import tarfile
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,9 +28,8 @@ from PIL import Image
 
 from .config import SPLITS
 from .data import scan_pooled, split_folders
-from .imaging import is_dicom
 from .near_copies import join_near_copies
-from .other_breast import straddling_patients, without_side_and_view
+from .other_breast import dicom_patient, pair_sides, straddling_patients
 
 logger = logging.getLogger(__name__)
 
@@ -318,47 +315,20 @@ def _patients_from_names(pattern: str, names: list[str]) -> list[str]:
 def _patients_from_dicom(files: Sequence[Path]
                          ) -> tuple[list[str], list[str], list[str]]:
     """Each DICOM file's patient as `patient-0001`, `patient-0002`, ... (numbered in file
-    order), from the header's PatientID and IssuerOfPatientID; and its view (ViewPosition)
-    and side (ImageLaterality, or Laterality), for `pair_sides`.
-
-    The identifiers are read only to be compared: hashed at once, never returned, logged or
-    written. Side and view words are dropped from the ID first, as from file names
-    (`other_breast.without_side_and_view`), since some sets write them into it (CBIS-DDSM:
-    `Mass-Training_P_00001_LEFT_CC`).
+    order, from `other_breast.dicom_patient`'s one-way keys: no identifier is written),
+    view and side, for `pair_sides`.
 
     Raises:
         ValueError: files that are not DICOM, cannot be parsed or have no PatientID, one
             line each.
     """
-    import pydicom
-
-    keys: list[str] = []
-    views: list[str] = [""] * len(files)
-    sides: list[str] = [""] * len(files)
+    found: list[tuple[str, str, str]] = []
     problems: list[str] = []
-    tags = ["PatientID", "IssuerOfPatientID", "ViewPosition", "ImageLaterality", "Laterality"]
-    for index, path in enumerate(files):
-        keys.append("")
-        if not is_dicom(path):
-            problems.append(f"{path}: not a DICOM file, so its header names no patient.")
-            continue
+    for path in files:
         try:
-            with warnings.catch_warnings():  # pydicom's warnings may quote header values
-                warnings.simplefilter("ignore")
-                header = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                                         specific_tags=tags)
-            text = {tag: str(header.get(tag, "") or "").strip() for tag in tags}
-        except Exception as error:  # pydicom raises many types; its text is not shown
-            problems.append(f"{path}: cannot parse its DICOM header ({type(error).__name__}).")
-            continue
-        if not text["PatientID"]:
-            problems.append(f"{path}: no PatientID in its DICOM header (anonymised).")
-            continue
-        patient = without_side_and_view(text["PatientID"]) or text["PatientID"]
-        keys[index] = hashlib.sha256(
-            f"{text['IssuerOfPatientID']}\0{patient}".encode()).hexdigest()
-        views[index] = text["ViewPosition"]
-        sides[index] = text["ImageLaterality"] or text["Laterality"]
+            found.append(dicom_patient(path))
+        except ValueError as error:
+            problems.append(str(error))
     if problems:
         listing = "\n".join(f"  {line}" for line in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -367,26 +337,8 @@ def _patients_from_dicom(files: Sequence[Path]
             f"patient:\n{listing}{more}\nPass --groups CSV or --patient-pattern REGEX "
             "instead. Nothing was written.")
     numbers: dict[str, str] = {}
-    return ([numbers.setdefault(key, f"patient-{len(numbers) + 1:04d}") for key in keys],
-            views, sides)
-
-
-def pair_sides(patients: Sequence[str], views: Sequence[str], sides: Sequence[str]
-                ) -> list[int | None]:
-    """Each file's other breast (an index, or None): the one file of the same patient and
-    view with the other side (L or R, LEFT or RIGHT, any case), where each side has exactly
-    one (a second exam of one breast leaves both unpaired)."""
-    films: dict[tuple[str, str], dict[str, list[int]]] = {}
-    for index, (patient, view, side) in enumerate(zip(patients, views, sides, strict=True)):
-        side = side.upper()[:1]
-        if side in ("L", "R") and view:
-            films.setdefault((patient, view.upper()), {}).setdefault(side, []).append(index)
-    others: list[int | None] = [None] * len(patients)
-    for by_side in films.values():
-        if len(by_side.get("L", [])) == 1 and len(by_side.get("R", [])) == 1:
-            left, right = by_side["L"][0], by_side["R"][0]
-            others[left], others[right] = right, left
-    return others
+    return ([numbers.setdefault(key, f"patient-{len(numbers) + 1:04d}") for key, _, _ in found],
+            [view for _, view, _ in found], [side for _, _, side in found])
 
 
 def prepare_folders(

@@ -53,7 +53,7 @@ def class_weights(spec: str, counts: dict[str, int]) -> dict[int, float] | None:
 def can_pair(config: TrainConfig, train_files: Sequence[Path],
              validation_files: Sequence[Path]) -> bool:
     """Whether the options allow the other breast and every training and validation film
-    has its other breast named (split.csv, or LEFT/RIGHT file names)."""
+    has its other breast named (split.csv, LEFT/RIGHT file names or DICOM headers)."""
     return (config.other_breast is not False and not config.patch_pretrain_epochs
             and all(other_breasts(train_files)) and all(other_breasts(validation_files)))
 
@@ -128,9 +128,9 @@ def fill_defaults(config: TrainConfig, train_folder: ImageFolder,
         paired = pairable and config.model not in PRETRAINED
         config = dataclasses.replace(config, other_breast=paired)
         if paired:
-            logger.info("every film's other breast is named (split.csv or LEFT/RIGHT in the "
-                        "file names): the model sees both (--no-other-breast for one film "
-                        "at a time).")
+            logger.info("every film's other breast is named (split.csv, LEFT/RIGHT in the "
+                        "file names or DICOM headers): the model sees both "
+                        "(--no-other-breast for one film at a time).")
     backbone_weights = config.weights
     if config.model in PRETRAINED:  # default ImageNet; "none" = random initialisation
         backbone_weights = {None: "imagenet", "none": None}.get(backbone_weights,

@@ -6,7 +6,9 @@ too wherever every film's other breast is named."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
+import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .cache import CachedImages
+from .imaging import is_dicom
 
 
 class WithOtherBreast:
@@ -107,6 +110,59 @@ def straddling_patients(files: Sequence[Path | str], splits: Sequence[str],
     return [by_split for by_split in found.values() if len(by_split) > 1], len(found)
 
 
+def dicom_patient(path: Path) -> tuple[str, str, str]:
+    """A DICOM file's patient as a one-way key, its view (ViewPosition) and its side
+    (ImageLaterality, or Laterality), from the header alone.
+
+    The key is the SHA-256 of IssuerOfPatientID and PatientID, side and view words dropped
+    from the ID first (`without_side_and_view`: CBIS-DDSM writes them into it,
+    `Mass-Training_P_00001_LEFT_CC`). The identifiers are read only to be compared: hashed
+    at once, never returned, logged or written (pydicom's warnings, which may quote them,
+    are silenced, and its error text is not shown).
+
+    Raises:
+        ValueError: not a DICOM file, an unparsable header, or no PatientID; the message
+            names the file.
+    """
+    import pydicom
+
+    if not is_dicom(path):
+        raise ValueError(f"{path}: not a DICOM file, so its header names no patient.")
+    tags = ["PatientID", "IssuerOfPatientID", "ViewPosition", "ImageLaterality", "Laterality"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                     specific_tags=tags)
+        text = {tag: str(header.get(tag, "") or "").strip() for tag in tags}
+    except Exception as error:  # pydicom raises many types
+        raise ValueError(f"{path}: cannot parse its DICOM header ({type(error).__name__}).") \
+            from None
+    if not text["PatientID"]:
+        raise ValueError(f"{path}: no PatientID in its DICOM header (anonymised).")
+    patient = without_side_and_view(text["PatientID"]) or text["PatientID"]
+    key = hashlib.sha256(f"{text['IssuerOfPatientID']}\0{patient}".encode()).hexdigest()
+    return key, text["ViewPosition"], text["ImageLaterality"] or text["Laterality"]
+
+
+def pair_sides(patients: Sequence[str], views: Sequence[str], sides: Sequence[str]
+                ) -> list[int | None]:
+    """Each file's other breast (an index, or None): the one file of the same patient and
+    view with the other side (L or R, LEFT or RIGHT, any case), where each side has exactly
+    one (a second exam of one breast leaves both unpaired)."""
+    films: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for index, (patient, view, side) in enumerate(zip(patients, views, sides, strict=True)):
+        side = side.upper()[:1]
+        if side in ("L", "R") and view:
+            films.setdefault((patient, view.upper()), {}).setdefault(side, []).append(index)
+    others: list[int | None] = [None] * len(patients)
+    for by_side in films.values():
+        if len(by_side.get("L", [])) == 1 and len(by_side.get("R", [])) == 1:
+            left, right = by_side["L"][0], by_side["R"][0]
+            others[left], others[right] = right, left
+    return others
+
+
 def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
     """Each file's other breast (the same woman's other film, same view), resolved.
 
@@ -114,8 +170,10 @@ def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
     (`DATA/split.csv` for `DATA/test/CAN/film.png`, or for a film any depth below its class
     folder; `prepare mini-mias` writes the column); otherwise the one other file among
     `files` whose name is the file's own with its side swapped (`A_0001_1.LEFT_CC.png` and
-    `A_0001_1.RIGHT_CC.png`, in any class folder; both names unique among `files`); None
-    where neither gives one.
+    `A_0001_1.RIGHT_CC.png`, in any class folder; both names unique among `files`);
+    otherwise, for DICOM files, the one other DICOM file among those still unpaired of the
+    same patient and view with the other side, by their headers (`dicom_patient`,
+    `pair_sides`); None where none gives one.
     """
     tables: dict[Path, dict[Path, Path] | None] = {}
     by_name: dict[str, list[Path]] = {}
@@ -138,6 +196,21 @@ def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
             unique = len(candidates) == 1 and len(by_name[path.name]) == 1
             other = candidates[0] if unique else None
         result.append(other)
+    # DICOM headers name patient, view and side where file names do not (CMMD, VinDr).
+    unpaired: list[int] = []
+    headers: list[tuple[str, str, str]] = []
+    for index, file in enumerate(files):
+        if result[index] is None and is_dicom(Path(file)):
+            try:
+                headers.append(dicom_patient(Path(file)))
+                unpaired.append(index)
+            except ValueError:
+                pass  # no patient in it: left unpaired, as a PNG is
+    if unpaired:
+        keys, views, sides = (list(column) for column in zip(*headers, strict=True))
+        for index, partner in zip(unpaired, pair_sides(keys, views, sides), strict=True):
+            if partner is not None:
+                result[index] = Path(files[unpaired[partner]]).resolve()
     return result
 
 
@@ -155,8 +228,9 @@ def other_breast_rows(files: Sequence[Path], unreadable: Collection[int] = ()
     if files and not any(partners):
         raise ValueError(
             f"{Path(files[0]).parent.parent}: nothing names the other breast of these films: "
-            "no split.csv with an other_breast column, and no file names that differ only "
-            "in LEFT/RIGHT. Run `tumor-classifier prepare mini-mias` again (it writes the "
+            "no split.csv with an other_breast column, no file names that differ only "
+            "in LEFT/RIGHT, no DICOM headers with patient, view and side. Run "
+            "`tumor-classifier prepare mini-mias` again (it writes the "
             "column), or add it (file,...,other_breast: the same woman's other film, same "
             "view, relative to split.csv).")
     position = {Path(path).resolve(): index for index, path in enumerate(files)}
