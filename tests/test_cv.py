@@ -61,8 +61,9 @@ def test_cv_says_when_its_groups_part_one_womans_films(prepared_mias: Path,
     parts = patient_folds([s.label for s in by_image], [s.patient for s in by_image], 5, 0)
     message = _women_in_two_test_folds(by_image, parts, tmp_path / "groups.csv")
     assert message is not None and re.match(
-        r"\d+ women's images are tested in different folds, though their file names say they "
-        r"are one woman's \(for example A_\d{4}_1\.(LEFT|RIGHT)_MLO\.png in fold \d", message)
+        r"\d+ women's images are tested in different folds, though their file names or DICOM "
+        r"headers say they are one woman's \(for example "
+        r"A_\d{4}_1\.(LEFT|RIGHT)_MLO\.png in fold \d", message)
     assert f"the patients of {tmp_path / 'groups.csv'} part them" in message
     # the same films grouped by woman: nothing to say
     (tmp_path / "women.csv").write_text("\n".join(

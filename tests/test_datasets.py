@@ -216,8 +216,8 @@ def test_prepare_folders_says_when_names_show_one_woman_in_two_splits(
         (source / row["label"]).mkdir(parents=True, exist_ok=True)
         os.link(prepared_mias / row["file"], source / row["label"] / name)
     prepare_folders(source, tmp_path / "by-image", one_image_per_patient=True)
-    assert ("women have images in more than one split, though their file names say the "
-            "images are one woman's" in caplog.text)
+    assert ("women have images in more than one split, though their file names or DICOM "
+            "headers say the images are one woman's" in caplog.text)
     assert "--one-image-per-patient gave them different patients" in caplog.text
     caplog.clear()
     prepare_folders(source, tmp_path / "by-woman", patient_pattern=r"^A_\d{4}")

@@ -122,6 +122,9 @@ def test_dicom_films_are_paired_by_their_headers(prepared_mias: Path, tmp_path: 
     files.append(write_dicom(tmp_path / "scans" / "5.dcm", pixels, PatientID=""))
     assert other_breasts(files) == [None, None, files[3].resolve(), files[2].resolve(),
                                     None, None]
+    # the headers also tell whose the films are where they lie in two splits
+    straddling, known = straddling_patients(files[:4], ["train", "test", "train", "train"])
+    assert straddling == [{"train": files[0], "test": files[1]}] and known == 2
 
 
 def test_with_other_breast_puts_the_other_film_behind_the_channels() -> None:

@@ -369,7 +369,7 @@ def test_one_womans_films_in_two_splits_are_found_by_name_or_split_csv(
     count, message = patients_in_several_splits(data, *_scan_splits(data))
     assert count == 2 and message is not None
     assert message.startswith(f"{data}: 2 of 3 patients have images in more than one split, "
-                              "by their file names (for example A_0001_1.")
+                              "by their file names or DICOM headers (for example A_0001_1.")
     assert "prepare folders" in message
     # split.csv's patient_id, where it lists every image: prepare splits by woman
     assert patients_in_several_splits(prepared_mias, *_scan_splits(prepared_mias)) == (0, None)

@@ -160,9 +160,10 @@ def _women_in_two_test_folds(samples: list[Sample],
     example = " and ".join(f"{file.name} in {fold}"
                            for fold, file in list(straddling[0].items())[:2])
     return (f"{len(straddling)} women's images are tested in different folds, though their "
-            f"file names say they are one woman's (for example {example}): the patients of "
-            f"{source} part them, and each such fold is tested on women it was fitted on. "
-            "Give each woman one patient (--groups, or prepare folders --patient-pattern).")
+            f"file names or DICOM headers say they are one woman's (for example {example}): "
+            f"the patients of {source} part them, and each such fold is tested on women it "
+            "was fitted on. Give each woman one patient (--groups, or prepare folders "
+            "--patient-pattern or --patient-from-dicom).")
 
 
 def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 5,

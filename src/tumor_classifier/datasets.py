@@ -424,10 +424,11 @@ def prepare_folders(
     straddling, _ = straddling_patients(files, [assignment[patient] for patient in patients])
     if straddling:
         logger.warning(
-            "%s: %d women have images in more than one split, though their file names say "
-            "the images are one woman's (for example %s): %s gave them different patients. "
-            "Give each woman one patient (a --patient-pattern matching what her names share, "
-            "or --groups) and prepare again.", source, len(straddling),
+            "%s: %d women have images in more than one split, though their file names or "
+            "DICOM headers say the images are one woman's (for example %s): %s gave them "
+            "different patients. Give each woman one patient (a --patient-pattern matching "
+            "what her names share, --patient-from-dicom or --groups) and prepare again.",
+            source, len(straddling),
             " and ".join(f"{file.name} in {split}" for split, file in
                          list(straddling[0].items())[:2]),
             "--groups" if groups is not None else "--patient-pattern" if patient_pattern

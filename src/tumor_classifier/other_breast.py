@@ -95,12 +95,19 @@ def straddling_patients(files: Sequence[Path | str], splits: Sequence[str],
     `files[i]`), each as split -> her first file there, and how many patients are known.
 
     `patients[i]` is the patient of `files[i]`; None: as the file names tell (`woman_of`;
-    nobody when two files share a name, since names then do not even tell images apart).
+    nobody when two files share a name, since names then do not even tell images apart),
+    and for DICOM files whose names do not, their headers (`dicom_patient`).
     """
     names = [Path(file).name for file in files]
     if patients is None:
         unique = len(set(names)) == len(names)
         keys = [woman_of(name) if unique else None for name in names]
+        for index, file in enumerate(files):
+            if keys[index] is None and is_dicom(Path(file)):
+                try:
+                    keys[index] = "dicom " + dicom_patient(Path(file))[0]
+                except ValueError:
+                    pass  # no patient in its header: no one's, as a PNG's
     else:
         keys = list(patients)
     found: dict[str, dict[str, Path]] = {}

@@ -176,7 +176,8 @@ def patients_in_several_splits(data_dir: Path, train_folder: ImageFolder,
     splits = [name for name, folder in folders.items() for _ in folder.files]
     groups = patient_groups(files, data_dir)
     shared, total = straddling_patients(files, splits, groups)
-    source = "split.csv's patient_id" if groups is not None else "their file names"
+    source = ("split.csv's patient_id" if groups is not None
+              else "their file names or DICOM headers")
     if not shared:
         return 0, None
     example = " and ".join(f"{file.name} in {folders[split].root.name}/"
@@ -185,8 +186,8 @@ def patients_in_several_splits(data_dir: Path, train_folder: ImageFolder,
         f"{data_dir}: {len(shared)} of {total} patients have images in more than one "
         f"split, by {source} (for example {example}): the split is by image, not by "
         "patient, so validation and test numbers are optimistic. Split by patient with "
-        f"`tumor-classifier prepare folders {data_dir} DEST --patient-pattern REGEX` (it "
-        "pools the splits) and train on DEST."
+        f"`tumor-classifier prepare folders {data_dir} DEST --patient-pattern REGEX` (or "
+        "--patient-from-dicom; it pools the splits) and train on DEST."
     )
 
 
