@@ -1,7 +1,8 @@
 """The same woman's other breast: find it for each film (split.csv's `other_breast`
-column, or a file name with LEFT and RIGHT swapped) and give a model both films as one
-input. A radiologist reads the two breasts side by side; the default `--model auto` does
-too wherever every film's other breast is named."""
+column, a file name with LEFT and RIGHT swapped, or DICOM headers) and give a model both
+films as one input; and whose a film is, from its name or header, to check splits. A
+radiologist reads the two breasts side by side; the default `--model auto` does too
+wherever every film's other breast is named."""
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ def dicom_patient(path: Path) -> tuple[str, str, str]:
 
 
 def pair_sides(patients: Sequence[str], views: Sequence[str], sides: Sequence[str]
-                ) -> list[int | None]:
+               ) -> list[int | None]:
     """Each file's other breast (an index, or None): the one file of the same patient and
     view with the other side (L or R, LEFT or RIGHT, any case), where each side has exactly
     one (a second exam of one breast leaves both unpaired)."""
