@@ -420,8 +420,10 @@ def prepare_folders(
         fractions, seed,
     )
     # Names such as DDSM's (A_0001_1.LEFT_CC, A_0001_1.RIGHT_MLO) say whose a film is; a
-    # patient option that parts one woman's films is said aloud, not overruled.
-    straddling, _ = straddling_patients(files, [assignment[patient] for patient in patients])
+    # patient option that parts one woman's films is said aloud, not overruled. With
+    # --patient-from-dicom the headers chose the patients already: not read a second time.
+    straddling = [] if patient_from_dicom else straddling_patients(
+        files, [assignment[patient] for patient in patients])[0]
     if straddling:
         logger.warning(
             "%s: %d women have images in more than one split, though their file names or "
@@ -432,7 +434,7 @@ def prepare_folders(
             " and ".join(f"{file.name} in {split}" for split, file in
                          list(straddling[0].items())[:2]),
             "--groups" if groups is not None else "--patient-pattern" if patient_pattern
-            else "--patient-from-dicom" if patient_from_dicom else "--one-image-per-patient")
+            else "--one-image-per-patient")
     counts = {split: dict.fromkeys(folder.class_names, 0) for split in SPLITS}
     rows = []
     for path, label, patient, rest in zip(files, folder.labels, patients, below, strict=True):
