@@ -255,6 +255,9 @@ def test_images_the_model_was_fitted_on_are_flagged_in_every_report(
     assert report.startswith(f"WARNING: {len(validation)} of {len(validation)} images are "
                              "near-copies of images the model was fitted on")
     assert f"{validation[0]}, itself a validation image" in caplog.text
+    assert "Evaluate on images the model was not fitted on (the dataset's test/ split)." in (
+        caplog.text)
+    assert "--group-near-copies" not in caplog.text
 
 
 @pytest.mark.slow
@@ -273,6 +276,7 @@ def test_a_copy_of_a_training_film_in_another_split_is_named(
     assert (f"1 of 10 images are near-copies of images the model was fitted on (1 train; for "
             f"example {small_dataset / 'validation/CAN/x.jpg'} and train image {source})"
             in caplog.text)
+    assert "Remove the copies, or split with `tumor-classifier prepare folders " in caplog.text
     assert json.loads((run / "config.json").read_text())["validation_near_copies_of_train"] == 1
     assert (run / "evaluation/validation/report.txt").read_text().startswith(
         "WARNING: 1 of 10 images")

@@ -48,15 +48,19 @@ def describe_near_copies(files: Sequence[Path | str],
         return None
     counts = {split: sum(source[0] == split for _, source in found)
               for split in dict.fromkeys(source[0] for _, source in found)}
+    same = [Path(file).resolve() == Path(source[1]).resolve() for file, source in found]
     file, (split, original) = found[0]
-    same = Path(file).resolve() == Path(original).resolve()
-    example = f"{file}, itself a {split} image" if same else f"{file} and {split} image {original}"
+    example = (f"{file}, itself a {split} image" if same[0]
+               else f"{file} and {split} image {original}")
+    # The run's own files (its validation split given to evaluate) need another split, not
+    # another grouping; copies under other names need both.
+    advice = ("Evaluate on images the model was not fitted on (the dataset's test/ split)"
+              if all(same) else "Remove the copies, or split with `tumor-classifier prepare "
+              "folders --group-near-copies`, which keeps each picture's copies on one side")
     return (
         f"{len(found)} of {len(files)} images are near-copies of images the model was fitted "
         f"on ({', '.join(f'{count} {split}' for split, count in counts.items())}; for "
-        f"example {example}): numbers measured on them are "
-        "optimistic. Remove the copies, or split with `tumor-classifier prepare folders "
-        "--group-near-copies`, which keeps each picture's copies on one side."
+        f"example {example}): numbers measured on them are optimistic. {advice}."
     )
 
 
