@@ -3,6 +3,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +346,47 @@ def test_splits_named_as_public_sets_name_them(small_dataset: Path, tmp_path: Pa
     with pytest.raises(FileNotFoundError, match=r"no validation/ folder beside Training/; "
                        r"training checks each epoch .* \(never on test/\)"):
         train(TrainConfig(data_dir=str(small_dataset), out=str(tmp_path / "r2"), epochs=1))
+
+
+def test_a_dataset_without_validation_split_is_told_the_command_that_makes_one(
+        prepared_mias: Path, tmp_path: Path) -> None:
+    from tumor_classifier.cli import main
+
+    # train/ and test/ only, as many public sets ship (real films, linked: read only)
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "test"):
+        (data / split).symlink_to(prepared_mias / split, target_is_directory=True)
+    before = sorted(path.name for path in (data / "train").rglob("*.png"))
+    with pytest.raises(FileNotFoundError) as error:
+        train(TrainConfig(data_dir=str(data), out=str(tmp_path / "r"), epochs=1))
+    message = str(error.value)
+    assert f"train on DEST and evaluate on {data / 'test'}/" in message
+    command = re.search(r"`tumor-classifier (prepare folders [^`]+)`", message)
+    assert command is not None
+
+    # The command, as given, with the women of this split.csv as the --groups CSV
+    with (prepared_mias / "split.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == "train"]
+    groups = tmp_path / "groups.csv"
+    groups.write_text("file,patient_id\n" + "".join(
+        f"{row['file'].removeprefix('train/')},{row['patient_id']}\n" for row in rows))
+    dest = tmp_path / "dest"
+    arguments = shlex.split(command.group(1).replace("DEST", str(dest)).replace(
+        "--patient-pattern REGEX", f"--groups {groups}"))
+    assert main(arguments) == 0
+    with (dest / "split.csv").open() as handle:
+        split = list(csv.DictReader(handle))
+    assert len(split) == len(rows) and {row["split"] for row in split} == {"train", "validation"}
+    women = {split_name: {row["patient_id"] for row in split if row["split"] == split_name}
+             for split_name in ("train", "validation")}
+    assert not women["train"] & women["validation"]
+    assert 0.15 < len(women["validation"]) / len(rows) * 2 < 0.35
+    assert not (dest / "test").exists()
+    assert sorted(path.name for path in (data / "train").rglob("*.png")) == before
+    run = train(TrainConfig(model="seed", data_dir=str(dest), out=str(tmp_path / "run"),
+                            image_size=32, epochs=1, workers=1))
+    assert (run / "model.keras").is_file()
 
 
 def test_one_womans_films_in_two_splits_are_found_by_name_or_split_csv(

@@ -136,12 +136,19 @@ def _scan_splits(data_dir: Path) -> tuple[ImageFolder, ImageFolder]:
             "on DEST."
         )
     if train_dir is not None and validation_dir is None:
+        # The command given leaves DATA as it is: prepare links a quarter of the patients
+        # of train/ into DEST/validation/ and the rest into DEST/train/ (no test split:
+        # DATA's own stays the test split).
+        held_out = f"{splits['test']}/" if "test" in splits else "images held out from it"
         raise FileNotFoundError(
             f"{data_dir}: no validation/ folder beside {train_dir.name}/; training checks "
-            "each epoch and fits its calibration and thresholds on it (never on test/). Move "
-            f"about a quarter of the patients, all images of each, from {train_dir.name}/ to "
-            "validation/{CLASS}/, or split the class folders by patient with "
-            "`tumor-classifier prepare folders`."
+            "each epoch and fits its calibration and thresholds on it (never on test/). Split "
+            f"{train_dir.name}/ by patient into training and validation images with "
+            f"`tumor-classifier prepare folders {train_dir} DEST --fractions 0.75,0.25,0 "
+            "--patient-pattern REGEX` (or --groups CSV, --patient-from-dicom or "
+            f"--one-image-per-patient), train on DEST and evaluate on {held_out}; or move "
+            "about a quarter of the patients, all images of each, from "
+            f"{train_dir.name}/ to validation/{{CLASS}}/."
         )
     train_folder = scan_folder(train_dir or data_dir / "train")
     validation_folder = scan_folder(validation_dir or data_dir / "validation",
