@@ -6,7 +6,7 @@ import pytest
 
 from tumor_classifier.config import TrainConfig
 from tumor_classifier.data import scan_folder
-from tumor_classifier.options import can_pair, choose_model, class_weights, fill_defaults
+from tumor_classifier.options import choose_model, class_weights, fill_defaults, unpaired_films
 
 COUNTS = {"BEN": 10, "CAN": 10, "NOR": 80}
 
@@ -25,7 +25,8 @@ def test_class_weights_balanced_none_and_explicit() -> None:
 
 
 def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
-        prepared_mias: Path, small_dataset: Path) -> None:
+        prepared_mias: Path, small_dataset: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
     def files(root: Path) -> list[tuple[Path, ...]]:
         return [scan_folder(root / split).files for split in ("train", "validation")]
 
@@ -33,7 +34,7 @@ def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
     assert auto.model == "auto"
     paired, single = files(prepared_mias), files(small_dataset)  # split.csv names pairs
     def chosen(config: TrainConfig, files: list[tuple[Path, ...]]) -> str:
-        return choose_model(config, can_pair(config, *files))
+        return choose_model(config, unpaired_films(config, *files), sum(map(len, files)))
 
     assert chosen(auto, paired) == "seed"
     assert chosen(auto, single) == "efficientnet_lite0"
@@ -42,6 +43,29 @@ def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
         assert chosen(TrainConfig(data_dir="", out="", **options), paired) == expected
     # --other-breast insists on the pair, so on seed (a missing pair is then an error)
     assert chosen(TrainConfig(data_dir="", out="", other_breast=True), single) == "seed"
+
+    # Why not: no film paired, the options, or a few films unpaired, named with an example.
+    # Real films under DDSM names, paired by LEFT/RIGHT; one right film is missing.
+    named: list[list[Path]] = [[], []]
+    for split, part in enumerate(paired):
+        numbers = {int(film.stem[3:]): film for film in part}
+        for woman in sorted({(number + 1) // 2 for number in numbers})[:5]:
+            for number, side in ((2 * woman - 1, "LEFT"), (2 * woman, "RIGHT")):
+                link = tmp_path / str(split) / f"A_{woman:04d}_1.{side}_MLO.png"
+                link.parent.mkdir(exist_ok=True)
+                link.hardlink_to(numbers[number])
+                named[split].append(link)
+    assert unpaired_films(auto, *named) == []
+    alone = next(film for film in named[0] if "LEFT" in film.name)
+    named[0].remove(tmp_path / "0" / alone.name.replace("LEFT", "RIGHT"))
+    with caplog.at_level("INFO", logger="tumor_classifier"):
+        chosen(auto, single)
+        chosen(TrainConfig(data_dir="", out="", other_breast=False), paired)
+        assert chosen(auto, named) == "efficientnet_lite0"
+    assert [record.getMessage().split("(")[1].split(";")[0] for record in caplog.records] == [
+        "no film's other breast is named", "the options rule out the other breast",
+        f"1 of 19 training and validation films have no other breast named, for example "
+        f"{alone}"]
 
 
 @pytest.mark.parametrize(("model", "weights", "given", "expected"), [

@@ -50,16 +50,20 @@ def class_weights(spec: str, counts: dict[str, int]) -> dict[int, float] | None:
     return {index: weights[name] for index, name in enumerate(names)}
 
 
-def can_pair(config: TrainConfig, train_files: Sequence[Path],
-             validation_files: Sequence[Path]) -> bool:
-    """Whether the options allow the other breast and every training and validation film
-    has its other breast named (split.csv, LEFT/RIGHT file names or DICOM headers)."""
-    return (config.other_breast is not False and not config.patch_pretrain_epochs
-            and all(other_breasts(train_files)) and all(other_breasts(validation_files)))
+def unpaired_films(config: TrainConfig, train_files: Sequence[Path],
+                   validation_files: Sequence[Path]) -> list[Path] | None:
+    """The training and validation films whose other breast is not named (split.csv,
+    LEFT/RIGHT file names or DICOM headers; each split paired within itself), or None
+    where the options rule the other breast out. An empty list: every film can be paired."""
+    if config.other_breast is False or config.patch_pretrain_epochs:
+        return None
+    return [Path(file) for files in (train_files, validation_files)
+            for file, other in zip(files, other_breasts(files), strict=True) if other is None]
 
 
-def choose_model(config: TrainConfig, pairable: bool) -> str:
-    """The preset that `--model auto` (the default) trains; `pairable` from `can_pair`.
+def choose_model(config: TrainConfig, unpaired: Sequence[Path] | None, films: int) -> str:
+    """The preset that `--model auto` (the default) trains; `unpaired` from
+    `unpaired_films` for the `films` training and validation films.
 
     `seed` with the other breast where the films can be paired (or --other-breast insists):
     on mini-MIAS the pair is what lifts it, and no other preset did better there.
@@ -68,10 +72,22 @@ def choose_model(config: TrainConfig, pairable: bool) -> str:
     of the same films it scored far higher than `seed` (README, "Which model without the
     other breast").
     """
+    pairable = unpaired is not None and not unpaired
     model = "seed" if pairable or config.other_breast else "efficientnet_lite0"
-    logger.info("--model auto: %s", "seed" if model == "seed" else (
-        "efficientnet_lite0 from ImageNet weights, one image at a time (not every film's "
-        "other breast is named; --model seed for the original network)"))
+    if model == "seed":
+        logger.info("--model auto: seed")
+        return model
+    if unpaired is None:
+        reason = "the options rule out the other breast"
+    elif len(unpaired) < films:
+        # Most films paired and a few not is worth a look: a missing file or a name that
+        # breaks the LEFT/RIGHT pattern would otherwise change the model without a word.
+        reason = (f"{len(unpaired)} of {films} training and validation films have no other "
+                  f"breast named, for example {unpaired[0]}")
+    else:
+        reason = "no film's other breast is named"
+    logger.info("--model auto: efficientnet_lite0 from ImageNet weights, one image at a time "
+                "(%s; --model seed for the original network)", reason)
     return model
 
 
@@ -117,9 +133,11 @@ def fill_defaults(config: TrainConfig, train_folder: ImageFolder,
     """
     from .models import PRETRAINED
 
-    pairable = can_pair(config, train_folder.files, validation_folder.files)
+    unpaired = unpaired_films(config, train_folder.files, validation_folder.files)
+    pairable = unpaired is not None and not unpaired
     if config.model == "auto":
-        config = dataclasses.replace(config, model=choose_model(config, pairable))
+        films = len(train_folder.files) + len(validation_folder.files)
+        config = dataclasses.replace(config, model=choose_model(config, unpaired, films))
     config = dataclasses.replace(config, image_size=config.input_size)  # recorded as used
     if config.other_breast is None:
         # On where every film can be paired with the other breast of its own split (not
