@@ -24,6 +24,7 @@ logger = logging.getLogger("tumor_classifier")
 
 TTA_HELP = ("average over the image and its top-bottom flip (default: as the run records: "
             "on for models trained with that flip, such as efficientnet_lite0)")
+RUN_DIR_HELP = "a run directory written by train"
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -52,11 +53,16 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                         "presets)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="default: 10, or 20 when fine-tuning pretrained weights")
-    for name, kind in (("channels", int),
-                       ("batch_size", int), ("seed", int),
-                       ("workers", int), ("patch_pretrain_epochs", int)):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind,
-                            default=getattr(defaults, name), help="default: %(default)s")
+    for name, meaning in (
+            ("channels", "1: grey; 3: the grey image repeated, for RGB backbones"),
+            ("batch_size", "images per training step"),
+            ("seed", "fixes the initial weights, the batch order and, in cv, the folds"),
+            ("workers", "processes that decode images; 0: one per CPU core"),
+            ("patch_pretrain_epochs", "epochs on lesion patches (DATA_DIR/annotations.csv)"
+             " before whole images, Shen et al.'s two stages; 0: none")):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int,
+                            default=getattr(defaults, name),
+                            help=f"{meaning} (default: %(default)s)")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="default: 1e-3, or 1e-4 when fine-tuning pretrained weights")
     parser.add_argument("--class-weight", default=defaults.class_weight,
@@ -80,8 +86,13 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
     parser.add_argument("--keep", choices=["best", "last"], default=defaults.keep,
                         help="the epoch to keep: lowest validation loss, or the last "
                         "(default: %(default)s)")
-    for name in ("steps_per_epoch", "validation_steps", "patience"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    for name, meaning in (
+            ("steps_per_epoch", "training batches per epoch (default: one pass)"),
+            ("validation_steps", "validation batches per epoch (default: one pass)"),
+            ("patience", "stop after this many epochs without a lower validation loss "
+             "(default: train every epoch)")):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
+                            help=meaning)
     parser.add_argument("--distribute", choices=["none", "data-parallel"],
                         default=defaults.distribute,
                         help="data-parallel: split each batch over all devices "
@@ -143,11 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="decode every image once and split patients whose images are "
                          "near-copies of one picture as one patient")
     for builder in (mias, folders):
-        builder.add_argument("dest", type=Path)
+        builder.add_argument("dest", type=Path,
+                             help="a new folder for train/, validation/, test/ and split.csv")
         builder.add_argument("--fractions", type=_fractions, default=(0.6, 0.2, 0.2),
                              help="train,validation,test shares of patients "
                              "(default: 0.6,0.2,0.2)")
-        builder.add_argument("--seed", type=int, default=0)
+        builder.add_argument("--seed", type=int, default=0,
+                             help="draws which patients go to which split (default: 0)")
 
     _add_train_options(commands.add_parser("train", help="train a model, write a run directory"),
                        "folder with train/ and validation/ class folders",
@@ -157,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(cv, "prepared dataset with split.csv, or class folders (split or not) with "
                        "--groups",
                        "folder for the folds' runs and the summary")
-    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--folds", type=int, default=5,
+                    help="folds of patients, stratified by label (default: 5)")
     cv.add_argument("--groups", type=Path, default=None,
                     help="CSV with file,patient_id (file relative to DATA_DIR)")
     cv.add_argument("--group-near-copies", action="store_true",
@@ -165,11 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "one picture in one fold")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a run on a class-folder dataset")
-    evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("data_dir", type=Path)
-    evaluate.add_argument("--out", type=Path, default=None)
-    evaluate.add_argument("--workers", type=int, default=0)
-    evaluate.add_argument("--cache-dir", type=Path, default=None)
+    evaluate.add_argument("run_dir", type=Path, help=RUN_DIR_HELP)
+    evaluate.add_argument("data_dir", type=Path,
+                          help="class folders to evaluate on, such as DATA/test")
+    evaluate.add_argument("--out", type=Path, default=None,
+                          help="report folder (default: RUN_DIR/evaluation/<DATA_DIR's name>)")
+    evaluate.add_argument("--workers", type=int, default=0,
+                          help="processes that decode images; 0: one per CPU core (default)")
+    evaluate.add_argument("--cache-dir", type=Path, default=None,
+                          help="decoded-image cache (default: ~/.cache/tumor-classifier)")
     evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                           help=TTA_HELP)
 
@@ -191,20 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "breast, once per image file, in the same order")
 
     export = commands.add_parser("export", help="export a run to ONNX or a SavedModel")
-    export.add_argument("run_dir", type=Path)
-    export.add_argument("out", type=Path)
+    export.add_argument("run_dir", type=Path, help=RUN_DIR_HELP)
+    export.add_argument("out", type=Path, help="the .onnx file or SavedModel folder to write")
     export.add_argument("--format", dest="file_format", choices=["onnx", "saved-model"],
-                        default="onnx")
+                        default="onnx", help="default: onnx")
 
     serve = commands.add_parser("serve", help="start the REST service on a trained model")
-    serve.add_argument("run_dir", type=Path)
+    serve.add_argument("run_dir", type=Path, help=RUN_DIR_HELP)
     serve.add_argument("--host", default="127.0.0.1",
                        help="interface to listen on (default: localhost only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="default: 8000")
 
     app = commands.add_parser("app", help="start the Streamlit app on a trained model")
-    app.add_argument("run_dir", type=Path)
-    app.add_argument("--port", type=int, default=8501)
+    app.add_argument("run_dir", type=Path, help=RUN_DIR_HELP)
+    app.add_argument("--port", type=int, default=8501, help="default: 8501")
     app.add_argument("--address", default="127.0.0.1",
                      help="interface to listen on (default: localhost only)")
 
