@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import subprocess
@@ -9,7 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumor_classifier.cli import main
+from tumor_classifier.cli import build_parser, main
+
+
+def test_every_argument_of_every_command_says_what_it_is() -> None:
+    def arguments(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Action]]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    found += arguments(command)
+            else:
+                found.append((parser.prog, action))
+        return found
+
+    listed = arguments(build_parser())
+    assert len({prog for prog, _ in listed}) == 12  # the program, 9 commands, 2 datasets
+    assert [f"{prog} {action.dest}" for prog, action in listed if not action.help] == []
 
 
 @pytest.mark.slow
