@@ -35,6 +35,28 @@ def _probabilities(table) -> dict[str, float]:  # type: ignore[no-untyped-def]
     return dict(zip(frame["class"], map(float, frame["probability"]), strict=True))
 
 
+def test_model_card_gives_each_number_its_interval_beside_the_baseline() -> None:
+    from tumor_classifier.app import evaluation_summary
+
+    metrics = {"n": 46, "accuracy": 0.4348, "majority_baseline": 0.6739,
+               "balanced_accuracy": 0.4063, "macro_auc_ovr": 0.5702,
+               "binary": {"CAN_vs_rest": {"auc": 0.5165}},
+               "bootstrap_unit": "patients (split.csv)",
+               "confidence_intervals": {"accuracy": [0.2826, 0.5870],
+                                        "macro_auc_ovr": [0.4391, 0.7109],
+                                        "auc_CAN_vs_rest": [0.3058, 0.7273]}}
+    assert evaluation_summary("test", metrics).splitlines() == [
+        "**Evaluation on the test split**, n = 46; 95% intervals by bootstrap over patients "
+        "(split.csv):",
+        "",
+        "- accuracy 0.435 [0.283, 0.587] (majority baseline 0.674)",
+        "- balanced accuracy 0.406",  # no interval recorded: none shown
+        "- macro AUC 0.570 [0.439, 0.711]",
+        "- CAN vs rest AUC 0.516 [0.306, 0.727]",  # two classes: no abnormal-vs-normal line
+    ]
+    assert "used in training for calibration" in evaluation_summary("validation", metrics)
+
+
 @pytest.mark.slow
 def test_upload_shows_the_same_probabilities_as_predict(
     trained_run: Path, prepared_mias: Path, monkeypatch: pytest.MonkeyPatch
@@ -42,6 +64,9 @@ def test_upload_shows_the_same_probabilities_as_predict(
     app = _app(trained_run, monkeypatch)
     assert "not a medical device" in app.info[0].value
     assert any("Model card" in header.value for header in app.sidebar.header)
+    card = "\n".join(markdown.value for markdown in app.sidebar.markdown)
+    assert "**Evaluation on the validation split** (used in training for calibration" in card
+    assert "- macro AUC 0." in card and "] (majority baseline 0." in card
     film = _films(prepared_mias)[0]
     app.file_uploader[0].set_value((film.name, film.read_bytes(), "image/png")).run()
     assert not app.exception and not app.error
