@@ -69,3 +69,20 @@ def test_a_paired_model_pairs_dicom_films_by_their_headers(paired_run: Path, pre
     assert all(result.error is None for result in by_header + by_split_csv)
     for dicom, png in zip(by_header, by_split_csv, strict=True):
         assert dicom.probabilities == pytest.approx(png.probabilities, abs=1e-5)
+
+
+def test_the_model_card_shows_the_test_evaluation_once_there_is_one(
+        trained_run: Path, prepared_mias: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tumor_classifier.evaluate import evaluate
+
+    split, metrics = Classifier.load(trained_run).evaluation() or ("", {})
+    validation = list((prepared_mias / "validation").rglob("*.png"))
+    assert split == "validation" and metrics["n"] == len(validation)  # written by train
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, copy_function=lambda src, dst: Path(dst).hardlink_to(src))
+    written = evaluate(run, prepared_mias / "test")
+    split, metrics = Classifier.load(run).evaluation() or ("", {})
+    assert split == "test" and metrics["accuracy"] == written["accuracy"]
+    assert Classifier(None, Classifier.load(run).config).evaluation() is None  # no run dir

@@ -63,6 +63,11 @@ def test_predict_matches_the_cli_and_heatmap_is_a_png(client: TestClient, traine
     assert card["class_names"] == ["BEN", "CAN", "NOR"]
     assert card["tta"] is False  # seed trains without flips: no ?tta= means no TTA
     assert "not a medical device" in card["notice"]
+    evaluation = card["evaluation"]  # train's validation report, with its intervals
+    assert evaluation["split"] == "validation" and evaluation["n"] > 0
+    assert set(evaluation["binary_auc"]) == {"CAN_vs_rest", "abnormal_vs_normal"}
+    low, high = evaluation["confidence_intervals"]["macro_auc_ovr"]
+    assert low <= evaluation["macro_auc_ovr"] <= high
 
 
 @pytest.mark.slow

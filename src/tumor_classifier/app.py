@@ -7,7 +7,6 @@ Research software, not a medical device.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -33,14 +32,6 @@ def load_classifier(run_dir: str) -> Classifier:
     return Classifier.load(run_dir)
 
 
-def _evaluation_metrics(run_dir: Path) -> tuple[str, dict[str, Any]] | None:
-    for name in ("test", "validation"):
-        path = run_dir / "evaluation" / name / "metrics.json"
-        if path.is_file():
-            return name, json.loads(path.read_text(encoding="utf-8"))
-    return None
-
-
 def model_card(classifier: Classifier) -> None:
     config = classifier.config
     st.sidebar.header("Model card")
@@ -58,7 +49,7 @@ def model_card(classifier: Classifier) -> None:
         st.sidebar.markdown("**Training data** (images per class)")
         st.sidebar.table({split: data[split] for split in ("train", "validation")
                           if split in data})
-    evaluation = _evaluation_metrics(Path(classifier.run_dir or "."))
+    evaluation = classifier.evaluation()
     if evaluation:
         st.sidebar.markdown(evaluation_summary(*evaluation))
 

@@ -90,6 +90,18 @@ class Classifier:
         model = keras.models.load_model(model_path, compile=False)
         return cls(model, config, run_dir, tta)
 
+    def evaluation(self) -> tuple[str, dict[str, Any]] | None:
+        """The run's evaluation on its test split (`evaluate RUN DATA/test`), else on its
+        validation split (which `train` writes), as (split, metrics.json); None without
+        either or without a run directory. The app's and the REST service's model card."""
+        if self.run_dir is None:
+            return None
+        for split in ("test", "validation"):
+            path = Path(self.run_dir) / "evaluation" / split / "metrics.json"
+            if path.is_file():
+                return split, load_json(path)
+        return None
+
     def predict_batch(self, images: np.ndarray | CachedImages | WithOtherBreast,
                       batch_size: int = 64,
                       calibrated: bool = True, tta: bool | None = None) -> np.ndarray:

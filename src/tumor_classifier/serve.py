@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import threading
 from pathlib import Path
@@ -100,14 +99,13 @@ def create_app(run_dir: Path | str) -> FastAPI:
     @app.get("/v1/model")
     def model_card() -> ModelCard:
         evaluation = None
-        for split in ("test", "validation"):
-            path = run_dir / "evaluation" / split / "metrics.json"
-            if path.is_file():
-                metrics = json.loads(path.read_text(encoding="utf-8"))
-                evaluation = {"split": split, **{key: metrics.get(key) for key in (
-                    "n", "accuracy", "balanced_accuracy", "majority_baseline",
-                    "macro_auc_ovr")}}
-                break
+        if found := classifier.evaluation():
+            split, metrics = found
+            evaluation = {"split": split, **{key: metrics.get(key) for key in (
+                "n", "accuracy", "balanced_accuracy", "majority_baseline", "majority_class",
+                "macro_auc_ovr", "confidence_intervals", "bootstrap_unit")},
+                "binary_auc": {task: result.get("auc")
+                               for task, result in (metrics.get("binary") or {}).items()}}
         config = classifier.config
         return ModelCard(
             model=model_info, class_names=list(classifier.class_names),
