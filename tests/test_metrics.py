@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -116,3 +118,17 @@ def test_the_clinical_questions_find_their_classes_by_synonym() -> None:
     assert by_synonym["binary"] == by_name and set(by_name) == {"CAN_vs_rest",
                                                                 "abnormal_vs_normal"}
     assert compute_metrics(labels, probabilities, ("a", "b", "c"))["binary"] == {}
+
+
+def test_a_class_missing_from_the_labels_but_predicted_is_scored_quietly() -> None:
+    # A validation split without CAN films: balanced accuracy is the mean recall of the
+    # classes present, (1/2 + 2/2) / 2, and nothing is printed about it.
+    labels = np.array([0, 0, 2, 2])
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1],
+                              [0.1, 0.2, 0.7], [0.2, 0.1, 0.7]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = compute_metrics(labels, probabilities, ["BEN", "CAN", "NOR"])
+    assert metrics["balanced_accuracy"] == pytest.approx(0.75)
+    assert metrics["per_class"]["CAN"]["auc_ovr"] is None
+    assert metrics["binary"]["CAN_vs_rest"]["auc"] is None

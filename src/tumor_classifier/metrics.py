@@ -4,6 +4,7 @@ confidence intervals. Pure functions of (labels, probabilities); nothing here re
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -181,10 +182,16 @@ def compute_metrics(
             binary[task]["at_validation_90_specificity"] = {
                 "threshold": threshold, **sensitivity_specificity(truth, score >= threshold)}
     majority = int(np.argmax(counts))
+    with warnings.catch_warnings():
+        # A split without some class (said where it is scanned) still gets predictions of
+        # it: balanced accuracy is then the mean recall of the classes present, as
+        # documented, and scikit-learn's warning about it would be noise on the console.
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        balanced_accuracy = float(balanced_accuracy_score(labels, predicted))
     return {
         "n": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predicted)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
+        "balanced_accuracy": balanced_accuracy,
         "majority_baseline": float(counts[majority] / max(len(labels), 1)),
         "majority_class": class_names[majority],
         "macro_auc_ovr": float(np.mean(aucs)) if aucs else None,
