@@ -184,8 +184,8 @@ def compute_metrics(
     majority = int(np.argmax(counts))
     with warnings.catch_warnings():
         # A split without some class (said where it is scanned) still gets predictions of
-        # it: balanced accuracy is then the mean recall of the classes present, as
-        # documented, and scikit-learn's warning about it would be noise on the console.
+        # it: balanced accuracy is then the mean recall of the classes present (as in
+        # `_headline`), and scikit-learn's warning about it would be noise on the console.
         warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
         balanced_accuracy = float(balanced_accuracy_score(labels, predicted))
     return {
