@@ -242,3 +242,50 @@ def test_cv_can_keep_a_copy_in_its_originals_fold(prepared_mias: Path, tmp_path:
             placed = {row["file"].split("__")[-1]: row for row in csv.DictReader(handle)}
         assert placed["copy.jpg"]["split"] == placed[original.name]["split"]
         assert placed["copy.jpg"]["patient_id"] == placed[original.name]["patient_id"]
+
+
+@pytest.mark.slow
+def test_cv_reads_the_patients_from_dicom_headers_and_never_writes_them(
+        prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from conftest import write_dicom
+    from tumor_classifier.cli import main
+
+    # The films of 30 women as DICOM files with opaque names: only the headers say whose
+    # each film is and which breast it shows.
+    source = tmp_path / "dicom"
+    woman_of: dict[str, int] = {}
+    for number, sample in enumerate(sorted(load_samples(prepared_mias),
+                                           key=lambda sample: sample.path.name)[:60]):
+        film = int(sample.path.stem[3:])
+        name = f"img{number:03d}.dcm"
+        woman_of[name] = (film + 1) // 2
+        write_dicom(source / sample.label / name,
+                    np.asarray(Image.open(sample.path).convert("L")),
+                    PatientID=f"SECRET-{woman_of[name]:03d}",
+                    ImageLaterality="L" if film % 2 else "R", ViewPosition="MLO")
+    out = tmp_path / "cv"
+    with caplog.at_level("DEBUG"):
+        assert main(["cv", str(source), "--out", str(out), "--patient-from-dicom",
+                     "--folds", "2", "--model", "seed", "--epochs", "1", "--image-size", "32",
+                     "--workers", "1"]) == 0
+    tested: list[str] = []
+    for fold in (1, 2):
+        with (out / f"fold{fold}" / "data" / "split.csv").open() as handle:
+            rows = list(csv.DictReader(handle))
+        assert len(rows) == 60
+        places: dict[int, set[tuple[str, str]]] = {}
+        for row in rows:
+            name = row["file"].split("__")[-1]
+            places.setdefault(woman_of[name], set()).add((row["split"], row["patient_id"]))
+            tested += [name] if row["split"] == "test" else []
+            assert row["other_breast"]  # paired by the headers' laterality and view
+        assert all(len(place) == 1 for place in places.values())  # one patient, one part
+        assert json.loads((out / f"fold{fold}" / "run" / "config.json").read_text())[
+            "input_shape"] == [32, 32, 2]
+    assert sorted(tested) == sorted(woman_of)  # every film tested once
+    written = [path for path in out.rglob("*") if path.suffix in {".csv", ".json", ".txt"}]
+    assert written and not any("SECRET" in path.read_text() for path in written)
+    assert "SECRET" not in caplog.text

@@ -172,8 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "folder for the folds' runs and the summary")
     cv.add_argument("--folds", type=int, default=5,
                     help="folds of patients, stratified by label (default: 5)")
-    cv.add_argument("--groups", type=Path, default=None,
-                    help="CSV with file,patient_id (file relative to DATA_DIR)")
+    cv_patient = cv.add_mutually_exclusive_group()
+    cv_patient.add_argument("--groups", type=Path, default=None,
+                            help="CSV with file,patient_id (file relative to DATA_DIR)")
+    cv_patient.add_argument("--patient-from-dicom", action="store_true",
+                            help="the patient in each DICOM header (PatientID, compared "
+                            "only: the folds' split.csv numbers the patients)")
     cv.add_argument("--group-near-copies", action="store_true",
                     help="decode every image once and keep the patients of near-copies of "
                     "one picture in one fold")
@@ -279,7 +283,8 @@ def _cv(args: argparse.Namespace) -> int:
     from .cv import cross_validate, format_cv
 
     summary = cross_validate(Path(args.data_dir), Path(args.out), _train_config(args),
-                             args.folds, args.groups, args.group_near_copies)
+                             args.folds, args.groups, args.group_near_copies,
+                             args.patient_from_dicom)
     print(format_cv(summary))
     print(f"summary: {Path(args.out) / 'cv_summary.json'}")
     return 0

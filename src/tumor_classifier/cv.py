@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from .cache_maintenance import remove_entries_under
 from .config import TrainConfig, load_json, save_json
 from .data import scan_pooled
-from .datasets import link_file, pair_sides, read_groups, write_csv
+from .datasets import link_file, pair_sides, patients_from_dicom, read_groups, write_csv
 from .evaluate import write_evaluation
 from .near_copies import join_near_copies
 from .other_breast import straddling_patients
@@ -43,19 +43,25 @@ class Sample:
     other_breast: Path | None = None
 
 
-def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]:
+def load_samples(data_dir: Path, groups_csv: Path | None = None,
+                 patient_from_dicom: bool = False) -> list[Sample]:
     """Every image of a dataset with its label and patient.
 
     From `DATA_DIR/split.csv` (as `prepare` writes it; all splits are pooled), or from the
     class folders of DATA_DIR with patients from `groups_csv` (`file,patient_id`, file
-    relative to DATA_DIR, and optionally `laterality` and `view` to pair the breasts).
+    relative to DATA_DIR, and optionally `laterality` and `view` to pair the breasts) or,
+    with `patient_from_dicom`, from each DICOM header (`datasets.patients_from_dicom`:
+    numbered, never written; laterality and view pair the breasts).
     """
     data_dir = Path(data_dir)
-    if groups_csv is not None:
+    if groups_csv is not None or patient_from_dicom:
         # An already split dataset is pooled: cv makes its own splits.
         folder = scan_pooled(data_dir)
-        patients, views, sides = read_groups(Path(groups_csv), data_dir, folder.files)
-        # The CSV's optional laterality and view columns pair each film with its other breast.
+        patients, views, sides = (read_groups(Path(groups_csv), data_dir, folder.files)
+                                  if groups_csv is not None
+                                  else patients_from_dicom(folder.files))
+        # Laterality and view (the CSV's optional columns, or the headers') pair each film
+        # with its other breast.
         others = pair_sides(patients, views, sides)
         return [Sample(path, folder.class_names[label], patient,
                        folder.files[other] if other is not None else None)
@@ -66,9 +72,9 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None) -> list[Sample]
         raise FileNotFoundError(
             f"{data_dir}: no split.csv and no --groups CSV; cross-validation needs the "
             "patient of every image (it never splits by image). Pass --groups with "
-            "file,patient_id, or make one with `tumor-classifier prepare folders "
-            f"{data_dir} DEST --patient-pattern REGEX` (or --patient-from-dicom, or "
-            "--one-image-per-patient) and cross-validate DEST."
+            "file,patient_id or, for DICOM files, --patient-from-dicom; or make a split.csv "
+            f"with `tumor-classifier prepare folders {data_dir} DEST --patient-pattern "
+            "REGEX` (or --one-image-per-patient) and cross-validate DEST."
         )
     with table.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -167,12 +173,13 @@ def _women_in_two_test_folds(samples: list[Sample],
 
 
 def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 5,
-                   groups_csv: Path | None = None,
-                   group_near_copies: bool = False) -> dict[str, Any]:
+                   groups_csv: Path | None = None, group_near_copies: bool = False,
+                   patient_from_dicom: bool = False) -> dict[str, Any]:
     """Train and evaluate `folds` models, each tested on patients it never saw.
 
     Args:
-        data_dir: a prepared dataset (with split.csv) or class folders plus `groups_csv`.
+        data_dir: a prepared dataset (with split.csv), or class folders plus `groups_csv`
+            or `patient_from_dicom` (`load_samples`).
         out: where the fold folders, run directories and the summary go.
         config: training options; `data_dir` and `out` are set per fold.
         group_near_copies: first join the patients of near-copies of one picture
@@ -188,7 +195,7 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
     if not config.resume and out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: folder exists and is not empty; choose another --out, "
                               "or continue an interrupted cv there with --resume.")
-    samples = load_samples(Path(data_dir), groups_csv)
+    samples = load_samples(Path(data_dir), groups_csv, patient_from_dicom)
     if group_near_copies:
         joined = join_near_copies(Path(data_dir), [sample.path for sample in samples],
                                   [sample.patient for sample in samples], config.workers)
@@ -197,7 +204,9 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
     labels = [sample.label for sample in samples]
     class_names = tuple(sorted(set(labels)))
     parts = patient_folds(labels, [sample.patient for sample in samples], folds, config.seed)
-    message = _women_in_two_test_folds(samples, parts, groups_csv or "split.csv")
+    # Patients read from the DICOM headers are the headers' women: nothing to check.
+    message = None if patient_from_dicom else _women_in_two_test_folds(
+        samples, parts, groups_csv or "split.csv")
     if message:
         logger.warning("%s: %s", data_dir, message)
     circles: dict[Path, list[tuple[float, float, float]]] = {}
@@ -233,8 +242,8 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
                 if list(csv.reader(f))[1:] != rows:
                     raise ValueError(
                         f"{fold_dir}: its patients differ from this run's fold {fold + 1}; "
-                        "--resume needs the same DATA_DIR, --folds, --groups, --seed and "
-                        "--group-near-copies.")
+                        "--resume needs the same DATA_DIR, --folds, --groups or "
+                        "--patient-from-dicom, --seed and --group-near-copies.")
             if done.is_file():
                 per_fold.append(load_json(done))
                 _pool(per_fold[-1], split[2], samples, in_fold, fold_dir, class_names,

@@ -312,11 +312,11 @@ def _patients_from_names(pattern: str, names: list[str]) -> list[str]:
     return patients
 
 
-def _patients_from_dicom(files: Sequence[Path]
+def patients_from_dicom(files: Sequence[Path]
                          ) -> tuple[list[str], list[str], list[str]]:
     """Each DICOM file's patient as `patient-0001`, `patient-0002`, ... (numbered in file
     order, from `other_breast.dicom_patient`'s one-way keys: no identifier is written),
-    view and side, for `pair_sides`.
+    view and side, for `pair_sides`; `prepare folders` and `cv` take `--patient-from-dicom`.
 
     Raises:
         ValueError: files that are not DICOM, cannot be parsed or have no PatientID, one
@@ -361,7 +361,7 @@ def prepare_folders(
     `patient_pattern` (a regular expression searched in the path below the class folder;
     its first group, or the whole match, is the patient, e.g. `P_\\d+` for CBIS-DDSM
     names), `patient_from_dicom` (the DICOM headers' PatientID, never written:
-    `_patients_from_dicom`), or `one_image_per_patient` (a stated assumption, for sets that
+    `patients_from_dicom`), or `one_image_per_patient` (a stated assumption, for sets that
     publish none). With `group_near_copies`, patients with near-copies of one picture are
     joined first (`join_near_copies`). Patients are stratified by the set of classes of
     their images. Where the DICOM headers or the CSV give each film's side and view,
@@ -403,7 +403,7 @@ def prepare_folders(
     elif patient_pattern is not None:
         patients = _patients_from_names(patient_pattern, [name.as_posix() for name in below])
     elif patient_from_dicom:
-        patients, views, sides = _patients_from_dicom(files)
+        patients, views, sides = patients_from_dicom(files)
     else:
         patients = [Path(*path.relative_to(source).parts).as_posix() for path in files]
     if dest.exists() and any(dest.iterdir()):
