@@ -29,6 +29,19 @@ def test_every_argument_of_every_command_says_what_it_is() -> None:
     assert [f"{prog} {action.dest}" for prog, action in listed if not action.help] == []
 
 
+def test_tensorflows_retracing_warning_is_dropped_unless_verbose(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    tensorflow = logging.getLogger("tensorflow")
+    assert main(["cache", "--cache-dir", str(tmp_path)]) == 0  # any command sets logging up
+    tensorflow.warning("5 out of the last 5 calls to <function f> triggered tf.function "
+                       "retracing. Tracing is expensive ...")
+    tensorflow.warning("another warning")
+    assert [record.getMessage() for record in caplog.records
+            if record.name == "tensorflow"] == ["another warning"]
+
+
 @pytest.mark.slow
 def test_predict_prints_every_class_and_exits_nonzero_after_a_bad_file(
     trained_run: Path, prepared_mias: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -433,6 +433,13 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
+def _not_retracing(record: logging.LogRecord) -> bool:
+    """cv builds one model per fold in one process, and from the fifth TensorFlow warns
+    (twice, through absl and through logging) that Keras' predict function was traced
+    again: one trace per model is what is expected here, so the warning is dropped."""
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose and (args.command in {"train", "cv", "evaluate", "export", "serve"}
@@ -445,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        logging.getLogger("tensorflow").addFilter(_not_retracing)  # added once
     handlers = {"prepare": _prepare, "train": _train, "cv": _cv, "evaluate": _evaluate,
                 "predict": _predict, "export": _export, "serve": _serve, "app": _app,
                 "cache": _cache}
