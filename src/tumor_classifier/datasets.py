@@ -312,8 +312,7 @@ def _patients_from_names(pattern: str, names: list[str]) -> list[str]:
     return patients
 
 
-def patients_from_dicom(files: Sequence[Path]
-                         ) -> tuple[list[str], list[str], list[str]]:
+def patients_from_dicom(files: Sequence[Path]) -> tuple[list[str], list[str], list[str]]:
     """Each DICOM file's patient as `patient-0001`, `patient-0002`, ... (numbered in file
     order, from `other_breast.dicom_patient`'s one-way keys: no identifier is written),
     view and side, for `pair_sides`; `prepare folders` and `cv` take `--patient-from-dicom`.
@@ -334,8 +333,8 @@ def patients_from_dicom(files: Sequence[Path]
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise ValueError(
             f"--patient-from-dicom: {len(problems)} of {len(files)} image(s) name no "
-            f"patient:\n{listing}{more}\nPass --groups CSV or --patient-pattern REGEX "
-            "instead. Nothing was written.")
+            f"patient:\n{listing}{more}\nPass --groups CSV instead (or, to prepare "
+            "folders, --patient-pattern REGEX). Nothing was written.")
     numbers: dict[str, str] = {}
     return ([numbers.setdefault(key, f"patient-{len(numbers) + 1:04d}") for key, _, _ in found],
             [view for _, view, _ in found], [side for _, _, side in found])
