@@ -25,6 +25,9 @@ logger = logging.getLogger("tumor_classifier")
 TTA_HELP = ("average over the image and its top-bottom flip (default: as the run records: "
             "on for models trained with that flip, such as efficientnet_lite0)")
 RUN_DIR_HELP = "a run directory written by train"
+WORKERS_HELP = "processes that decode images; 0: one per CPU core"
+CACHE_DIR_HELP = ("the decoded-image cache (default: $TUMOR_CLASSIFIER_CACHE or "
+                  "~/.cache/tumor-classifier)")
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -57,7 +60,7 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
             ("channels", "1: grey; 3: the grey image repeated, for RGB backbones"),
             ("batch_size", "images per training step"),
             ("seed", "fixes the initial weights, the batch order and, in cv, the folds"),
-            ("workers", "processes that decode images; 0: one per CPU core"),
+            ("workers", WORKERS_HELP),
             ("patch_pretrain_epochs", "epochs on lesion patches (DATA_DIR/annotations.csv)"
              " before whole images, Shen et al.'s two stages; 0: none")):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int,
@@ -109,7 +112,7 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                         "only in LEFT/RIGHT, or DICOM headers); default: on when every film "
                         "has its other breast")
     parser.add_argument("--cache-dir", default=None,
-                        help="decoded-image cache (default: ~/.cache/tumor-classifier)")
+                        help=CACHE_DIR_HELP)
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="train without unreadable images instead of refusing to start")
     parser.add_argument("--resume", action="store_true",
@@ -189,9 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=None,
                           help="report folder (default: RUN_DIR/evaluation/<DATA_DIR's name>)")
     evaluate.add_argument("--workers", type=int, default=0,
-                          help="processes that decode images; 0: one per CPU core (default)")
+                          help=f"{WORKERS_HELP} (default: 0)")
     evaluate.add_argument("--cache-dir", type=Path, default=None,
-                          help="decoded-image cache (default: ~/.cache/tumor-classifier)")
+                          help=CACHE_DIR_HELP)
     evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                           help=TTA_HELP)
 
@@ -233,8 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache = commands.add_parser(
         "cache", help="list the decoded-image cache; remove what no dataset can use")
     cache.add_argument("--cache-dir", type=Path, default=None,
-                       help="the cache folder (default: $TUMOR_CLASSIFIER_CACHE or "
-                       "~/.cache/tumor-classifier)")
+                       help=CACHE_DIR_HELP)
     action = cache.add_mutually_exclusive_group()
     action.add_argument("--prune", action="store_true",
                         help="remove entries whose dataset folder is gone or whose "
