@@ -1,0 +1,161 @@
+"""Frozen ImageNet features of the film and of its other breast: a linear probe by CV.
+
+    python benchmarks/frozen_features.py DATA_DIR [--size 256] [--seeds 0 1 2 3 4]
+        [--compare CV_DIR ...]
+
+DATA_DIR is a prepared dataset whose `split.csv` names each film's other breast (`prepare
+mini-mias` writes it). Every film is cropped to the breast as the default model sees it,
+passed once through `efficientnet_lite0` with its ImageNet weights (frozen; the mean of
+the film and its top-bottom flip, global-average pooled: 1,280 numbers), and four feature
+sets are tried:
+
+- film: the film's own features;
+- film+diff: those and their difference from the other breast's;
+- diff: the difference alone (signed: it says which breast looks unlike the other);
+- film+absdiff: the film's and the absolute difference (the same for both breasts).
+
+A film without a named other breast gets a difference of zero. For each `--seeds` value the
+folds are exactly those of `tumor-classifier cv DATA_DIR --seed S` (`cv.patient_folds`); a
+class-balanced logistic regression on standardised features is fitted on each fold's
+training part with the C (of six) that gives the lowest log-loss on the fold's validation
+part, then refitted on both and applied to the fold's test women. Metrics are
+`compute_metrics`' per fold, averaged over folds, then mean ± sd over seeds, as in the
+README's seed table. With `--compare`, one finished default `cv` run per seed (same
+order): the paired differences against it, and those of the average of its out-of-fold
+probabilities and the probe's (a two-model ensemble), film by film.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from tumor_classifier.cv import load_samples, patient_folds
+from tumor_classifier.efficientnet_lite import (
+    efficientnet_lite0,
+    imagenet_weights_path,
+    load_imagenet_weights,
+)
+from tumor_classifier.metrics import compute_metrics
+from tumor_classifier.preprocessing import load_model_input
+
+CLASSES = ("BEN", "CAN", "NOR")
+STRENGTHS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
+METRICS = ("macro AUC", "CAN vs rest AUC", "abnormal vs normal AUC", "balanced acc.")
+
+
+def film_features(files: list[Path], size: int) -> np.ndarray:
+    """(films, 1280) frozen ImageNet features, each the mean of the film and its flip."""
+    backbone = efficientnet_lite0((size, size, 3))
+    load_imagenet_weights(backbone, imagenet_weights_path())
+    pooled = keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D()])
+    images = np.stack([load_model_input(file, size, 3, crop=True) for file in files])
+    return (pooled.predict(images, batch_size=16, verbose=0)
+            + pooled.predict(images[:, ::-1], batch_size=16, verbose=0)) / 2
+
+
+def probe(features: np.ndarray, labels: np.ndarray, train: np.ndarray,
+          validation: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """Test-set probabilities of the logistic regression whose C fits validation best."""
+    def fit(rows: np.ndarray, strength: float):
+        model = make_pipeline(StandardScaler(), LogisticRegression(
+            C=strength, class_weight="balanced", max_iter=2000))
+        return model.fit(features[rows], labels[rows])
+
+    best = min(STRENGTHS, key=lambda strength: log_loss(
+        labels[validation], fit(train, strength).predict_proba(features[validation]),
+        labels=range(len(CLASSES))))
+    return fit(np.concatenate([train, validation]), best).predict_proba(features[test])
+
+
+def fold_means(labels: np.ndarray, probabilities: np.ndarray,
+               folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The four metrics of each fold's test part, averaged over folds."""
+    rows = []
+    for _, _, test in folds:
+        metrics = compute_metrics(labels[test], probabilities[test], CLASSES)
+        rows.append([metrics["macro_auc_ovr"], metrics["binary"]["CAN_vs_rest"]["auc"],
+                     metrics["binary"]["abnormal_vs_normal"]["auc"],
+                     metrics["balanced_accuracy"]])
+    return np.mean(rows, axis=0)
+
+
+def out_of_fold(cv_dir: Path, files: list[Path]) -> np.ndarray:
+    """A finished cv run's pooled out-of-fold probabilities, in the order of `files`."""
+    with (cv_dir / "pooled" / "predictions.csv").open(encoding="utf-8") as handle:
+        by_file = {Path(row["file"]).resolve(): [float(row[f"prob_{name}"]) for name in CLASSES]
+                   for row in csv.DictReader(handle)}
+    missing = [file for file in files if file.resolve() not in by_file]
+    if missing:
+        raise SystemExit(f"{cv_dir}: no out-of-fold prediction for {missing[0]} "
+                         f"({len(missing)} films); compare cv runs of DATA_DIR itself.")
+    return np.array([by_file[file.resolve()] for file in files])
+
+
+def summary(name: str, rows: list[np.ndarray], signed: bool = False) -> str:
+    values = np.array(rows)
+    spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
+    number = "{:+.3f}" if signed else "{:.3f}"
+    cells = [f"{number.format(mean)} ± {sd:.3f}"
+             for mean, sd in zip(values.mean(axis=0), spread, strict=True)]
+    return f"{name:<44}" + " | ".join(cells)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--compare", type=Path, nargs="+",
+                        help="one finished default cv run of DATA_DIR per seed, same order")
+    args = parser.parse_args()
+    if args.compare and len(args.compare) != len(args.seeds):
+        parser.error(f"--compare needs one cv run per seed ({len(args.seeds)}).")
+    samples = load_samples(args.data_dir)
+    files = [sample.path for sample in samples]
+    labels = np.array([CLASSES.index(sample.label) for sample in samples])
+    start = time.perf_counter()
+    own = film_features(files, args.size)
+    print(f"features of {len(files)} films at {args.size} px: "
+          f"{time.perf_counter() - start:.0f} s")
+    row = {file: index for index, file in enumerate(files)}
+    other = np.stack([own[row[sample.other_breast]] if sample.other_breast in row
+                      else own[index] for index, sample in enumerate(samples)])
+    feature_sets = {"film": own, "film+diff": np.hstack([own, own - other]),
+                    "diff": own - other, "film+absdiff": np.hstack([own, np.abs(own - other)])}
+    results: dict[str, list[np.ndarray]] = {}
+    for position, seed in enumerate(args.seeds):
+        folds = patient_folds([sample.label for sample in samples],
+                              [sample.patient for sample in samples], args.folds, seed)
+        baseline = out_of_fold(args.compare[position], files) if args.compare else None
+        if baseline is not None:
+            results.setdefault("default cv", []).append(fold_means(labels, baseline, folds))
+        for name, features in feature_sets.items():
+            probabilities = np.zeros((len(files), len(CLASSES)))
+            for train, validation, test in folds:
+                probabilities[test] = probe(features, labels, train, validation, test)
+            results.setdefault(name, []).append(fold_means(labels, probabilities, folds))
+            if baseline is not None:
+                results.setdefault(f"{name} − default", []).append(
+                    results[name][-1] - results["default cv"][-1])
+                mean = fold_means(labels, (probabilities + baseline) / 2, folds)
+                results.setdefault(f"mean of {name} and default − default", []).append(
+                    mean - results["default cv"][-1])
+        print(f"seed {seed} done", flush=True)
+    print(f"{'':<44}" + " | ".join(METRICS))
+    for name, rows in results.items():
+        print(summary(name, rows, signed="−" in name))
+
+
+if __name__ == "__main__":
+    main()
