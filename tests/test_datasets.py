@@ -17,7 +17,6 @@ from tumor_classifier.datasets import (
     parse_mias_info,
     prepare_folders,
     prepare_mini_mias,
-    split_patients,
 )
 from tumor_classifier.other_breast import other_breasts
 
@@ -68,16 +67,6 @@ def test_same_seed_same_split_other_seed_other_split(mias_dir: Path, prepared_mi
     assert _rows(tmp_path / "again") == _rows(prepared_mias)
     prepare_mini_mias(mias_dir, tmp_path / "other", seed=1)
     assert _rows(tmp_path / "other") != _rows(prepared_mias)
-
-
-def test_split_patients_fractions_are_respected() -> None:
-    labels = {f"p{index:03d}": "NOR" if index < 60 else "CAN" for index in range(100)}
-    assignment = split_patients(labels, (0.5, 0.25, 0.25), seed=3)
-    assert Counter(assignment.values()) == {"train": 50, "validation": 25, "test": 25}
-    assert Counter(assignment[p] for p in labels if labels[p] == "CAN") == {
-        "train": 20, "validation": 10, "test": 10}
-    with pytest.raises(ValueError, match="fractions must be three non-negative numbers"):
-        split_patients(labels, (0.5, -0.1, 0.6), seed=0)
 
 
 def test_prepare_reads_the_official_archive(mias_dir: Path, tmp_path: Path) -> None:

@@ -22,10 +22,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 from .cache_maintenance import remove_entries_under
 from .config import TrainConfig, load_json, save_json
 from .data import scan_pooled
-from .datasets import link_file, pair_sides, patients_from_dicom, read_groups, write_csv
+from .datasets import link_file, write_csv
 from .evaluate import write_evaluation
 from .near_copies import join_near_copies
-from .other_breast import straddling_patients
+from .other_breast import pair_sides, straddling_patients
+from .patients import patients_from_dicom, read_groups
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None,
     From `DATA_DIR/split.csv` (as `prepare` writes it; all splits are pooled), or from the
     class folders of DATA_DIR with patients from `groups_csv` (`file,patient_id`, file
     relative to DATA_DIR, and optionally `laterality` and `view` to pair the breasts) or,
-    with `patient_from_dicom`, from each DICOM header (`datasets.patients_from_dicom`:
+    with `patient_from_dicom`, from each DICOM header (`patients.patients_from_dicom`:
     numbered, never written; laterality and view pair the breasts).
     """
     data_dir = Path(data_dir)
