@@ -1,13 +1,13 @@
 """Frozen ImageNet features of the film and of its other breast: a linear probe by CV.
 
-    python benchmarks/frozen_features.py DATA_DIR [--size 256] [--seeds 0 1 2 3 4]
+    python benchmarks/frozen_features.py DATA_DIR [--sizes 256 ...] [--seeds 0 1 2 3 4]
         [--compare CV_DIR ...]
 
 DATA_DIR is a prepared dataset whose `split.csv` names each film's other breast (`prepare
 mini-mias` writes it). Every film is cropped to the breast as the default model sees it,
 passed once through `efficientnet_lite0` with its ImageNet weights (frozen; the mean of
 the film and its top-bottom flip, global-average pooled: 1,280 numbers), and four feature
-sets are tried:
+sets are tried at each of `--sizes`:
 
 - film: the film's own features;
 - film+diff: those and their difference from the other breast's;
@@ -21,8 +21,10 @@ training part with the C (of six) that gives the lowest log-loss on the fold's v
 part, then refitted on both and applied to the fold's test women. Metrics are
 `compute_metrics`' per fold, averaged over folds, then mean ± sd over seeds, as in the
 README's seed table. With `--compare`, one finished default `cv` run per seed (same
-order): the paired differences against it, and those of the average of its out-of-fold
-probabilities and the probe's (a two-model ensemble), film by film.
+order): the paired differences against it (mean ± sd, then seed by seed), and those of
+the average of its out-of-fold probabilities and the probe's (a two-model ensemble), film
+by film. With several sizes, each feature set's probabilities are also averaged over the
+sizes (every size tried, none chosen: no selection by the result).
 """
 
 from __future__ import annotations
@@ -107,13 +109,19 @@ def summary(name: str, rows: list[np.ndarray], signed: bool = False) -> str:
     number = "{:+.3f}" if signed else "{:.3f}"
     cells = [f"{number.format(mean)} ± {sd:.3f}"
              for mean, sd in zip(values.mean(axis=0), spread, strict=True)]
-    return f"{name:<44}" + " | ".join(cells)
+    return f"{name:<52}" + " | ".join(cells)
+
+
+def feature_sets(own: np.ndarray, other: np.ndarray) -> dict[str, np.ndarray]:
+    return {"film": own, "film+diff": np.hstack([own, own - other]), "diff": own - other,
+            "film+absdiff": np.hstack([own, np.abs(own - other)])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_dir", type=Path)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256],
+                        help="input sides; with several, also the mean over sizes")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--compare", type=Path, nargs="+",
@@ -124,37 +132,52 @@ def main() -> None:
     samples = load_samples(args.data_dir)
     files = [sample.path for sample in samples]
     labels = np.array([CLASSES.index(sample.label) for sample in samples])
-    start = time.perf_counter()
-    own = film_features(files, args.size)
-    print(f"features of {len(files)} films at {args.size} px: "
-          f"{time.perf_counter() - start:.0f} s")
     row = {file: index for index, file in enumerate(files)}
-    other = np.stack([own[row[sample.other_breast]] if sample.other_breast in row
-                      else own[index] for index, sample in enumerate(samples)])
-    feature_sets = {"film": own, "film+diff": np.hstack([own, own - other]),
-                    "diff": own - other, "film+absdiff": np.hstack([own, np.abs(own - other)])}
+    # A film without a named other breast is its own "other": a difference of zero.
+    other = [row.get(sample.other_breast, index) for index, sample in enumerate(samples)]
+    sets: dict[int, dict[str, np.ndarray]] = {}
+    for size in args.sizes:
+        start = time.perf_counter()
+        own = film_features(files, size)
+        print(f"features of {len(files)} films at {size} px: "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+        sets[size] = feature_sets(own, own[other])
     results: dict[str, list[np.ndarray]] = {}
+
+    def record(name: str, probabilities: np.ndarray, folds: list, baseline: np.ndarray | None
+               ) -> None:
+        results.setdefault(name, []).append(fold_means(labels, probabilities, folds))
+        if baseline is not None:
+            default = results["default cv"][-1]
+            results.setdefault(f"{name} − default", []).append(results[name][-1] - default)
+            results.setdefault(f"mean of {name} and default − default", []).append(
+                fold_means(labels, (probabilities + baseline) / 2, folds) - default)
+
     for position, seed in enumerate(args.seeds):
         folds = patient_folds([sample.label for sample in samples],
                               [sample.patient for sample in samples], args.folds, seed)
         baseline = out_of_fold(args.compare[position], files) if args.compare else None
         if baseline is not None:
             results.setdefault("default cv", []).append(fold_means(labels, baseline, folds))
-        for name, features in feature_sets.items():
-            probabilities = np.zeros((len(files), len(CLASSES)))
-            for train, validation, test in folds:
-                probabilities[test] = probe(features, labels, train, validation, test)
-            results.setdefault(name, []).append(fold_means(labels, probabilities, folds))
-            if baseline is not None:
-                results.setdefault(f"{name} − default", []).append(
-                    results[name][-1] - results["default cv"][-1])
-                mean = fold_means(labels, (probabilities + baseline) / 2, folds)
-                results.setdefault(f"mean of {name} and default − default", []).append(
-                    mean - results["default cv"][-1])
+        by_size: dict[str, list[np.ndarray]] = {}
+        for size in args.sizes:
+            for name, features in sets[size].items():
+                probabilities = np.zeros((len(files), len(CLASSES)))
+                for train, validation, test in folds:
+                    probabilities[test] = probe(features, labels, train, validation, test)
+                by_size.setdefault(name, []).append(probabilities)
+                record(f"{name} {size}", probabilities, folds, baseline)
+        if len(args.sizes) > 1:
+            for name, probabilities in by_size.items():
+                record(f"{name}, mean over sizes", np.mean(probabilities, axis=0), folds,
+                       baseline)
         print(f"seed {seed} done", flush=True)
-    print(f"{'':<44}" + " | ".join(METRICS))
+    print(f"{'':<52}" + " | ".join(METRICS))
     for name, rows in results.items():
         print(summary(name, rows, signed="−" in name))
+        if "−" in name and len(rows) > 1:  # the paired differences, seed by seed
+            print(f"{'':<52}" + " | ".join(" ".join(f"{value:+.3f}" for value in column)
+                                          for column in np.array(rows).T))
 
 
 if __name__ == "__main__":
