@@ -47,20 +47,27 @@ from tumor_classifier.efficientnet_lite import (
     imagenet_weights_path,
     load_imagenet_weights,
 )
+from tumor_classifier.imaging import read_image
 from tumor_classifier.metrics import compute_metrics
-from tumor_classifier.preprocessing import load_model_input
+from tumor_classifier.preprocessing import crop_breast, preprocess, to_grey
 
 CLASSES = ("BEN", "CAN", "NOR")
 STRENGTHS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 METRICS = ("macro AUC", "CAN vs rest AUC", "abnormal vs normal AUC", "balanced acc.")
 
 
-def film_features(files: list[Path], size: int) -> np.ndarray:
+def cropped_films(files: list[Path]) -> list[np.ndarray]:
+    """Each film decoded once and cropped to the breast, for every size (`preprocess` with
+    `crop` does the same, film by film and size by size)."""
+    return [crop_breast(to_grey(read_image(file))) for file in files]
+
+
+def film_features(films: list[np.ndarray], size: int) -> np.ndarray:
     """(films, 1280) frozen ImageNet features, each the mean of the film and its flip."""
     backbone = efficientnet_lite0((size, size, 3))
     load_imagenet_weights(backbone, imagenet_weights_path())
     pooled = keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D()])
-    images = np.stack([load_model_input(file, size, 3, crop=True) for file in files])
+    images = np.stack([preprocess(film, size, 3) for film in films])
     return (pooled.predict(images, batch_size=16, verbose=0)
             + pooled.predict(images[:, ::-1], batch_size=16, verbose=0)) / 2
 
@@ -135,10 +142,13 @@ def main() -> None:
     row = {file: index for index, file in enumerate(files)}
     # A film without a named other breast is its own "other": a difference of zero.
     other = [row.get(sample.other_breast, index) for index, sample in enumerate(samples)]
+    start = time.perf_counter()
+    films = cropped_films(files)
+    print(f"{len(files)} films decoded and cropped: {time.perf_counter() - start:.0f} s")
     sets: dict[int, dict[str, np.ndarray]] = {}
     for size in args.sizes:
         start = time.perf_counter()
-        own = film_features(files, size)
+        own = film_features(films, size)
         print(f"features of {len(files)} films at {size} px: "
               f"{time.perf_counter() - start:.0f} s", flush=True)
         sets[size] = feature_sets(own, own[other])
