@@ -52,8 +52,8 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                         "breast where every film's other breast is named, else "
                         "efficientnet_lite0 from ImageNet weights")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="square input side (default: 128 for seed, 256 for the other "
-                        "presets)")
+                        help="square input side (default: 128 for seed, 512 for "
+                        "seed_asymmetry, 256 for the other presets)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="default: 10, or 20 when fine-tuning pretrained weights")
     for name, meaning in (

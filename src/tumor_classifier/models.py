@@ -44,6 +44,54 @@ def _seed_layers(num_classes: int) -> list[layers.Layer]:
     ]
 
 
+# seed_asymmetry: the seed network sees the pair at a quarter of the input side (the
+# frozen ImageNet probe beside it, `asymmetry.py`, sees it at 1/4, 1/2, 3/4 and all of it).
+ASYMMETRY_SEED_SCALE = 4
+
+
+def _seed_asymmetry(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """The trained part of `seed_asymmetry`: `seed` on the film and its other breast, after
+    a 4x4 average pooling of the input (a box filter: the 128-pixel pair of the default
+    512-pixel input). `asymmetry.assemble` adds the frozen ImageNet probe once it is trained.
+    """
+    if (input_shape[0] % ASYMMETRY_SEED_SCALE or input_shape[1] % ASYMMETRY_SEED_SCALE
+            or min(input_shape[:2]) < 128):
+        raise ValueError(f"seed_asymmetry needs an input side of at least 128 and divisible "
+                         f"by {ASYMMETRY_SEED_SCALE} (its seed branch sees a quarter of it), "
+                         f"got {input_shape[0]}.")
+    inputs = keras.Input(shape=input_shape)
+    x = layers.AveragePooling2D(ASYMMETRY_SEED_SCALE, name="to_seed_size")(inputs)
+    for layer in _seed_layers(num_classes):
+        x = layer(x)
+    return keras.Model(inputs, x, name="seed_branch")
+
+
+@keras.saving.register_keras_serializable(package="tumor_classifier")
+class Channels(layers.Layer):
+    """Channels `start` to `stop` of an image batch: the film, or its other breast."""
+
+    def __init__(self, start: int, stop: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.start, self.stop = start, stop
+
+    def call(self, images: keras.KerasTensor) -> keras.KerasTensor:
+        return images[..., self.start : self.stop]
+
+    def compute_output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (*input_shape[:-1], self.stop - self.start)
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
+@keras.saving.register_keras_serializable(package="tumor_classifier")
+class FlipTopBottom(layers.Layer):
+    """An image batch flipped top to bottom (the flip the breast crop's orientation keeps)."""
+
+    def call(self, images: keras.KerasTensor) -> keras.KerasTensor:
+        return ops.flip(images, axis=1)
+
+
 def _seed_augmented(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """The original CNN behind augmentation layers (vertical flip, small rotation, zoom,
     translation and contrast, for breast-cropped films in one orientation; active only in
@@ -277,6 +325,7 @@ PRESETS: dict[str, Callable[..., keras.Model]] = {
     "mammo_mil": _mammo_mil,
     "efficientnet_b0": _efficientnet_b0,
     "efficientnet_lite0": _efficientnet_lite0,
+    "seed_asymmetry": _seed_asymmetry,
 }
 # Presets that take pretrained weights (`--weights`), and the file `--weights PATH` takes.
 PRETRAINED = {

