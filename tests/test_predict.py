@@ -86,3 +86,25 @@ def test_the_model_card_shows_the_test_evaluation_once_there_is_one(
     split, metrics = Classifier.load(run).evaluation() or ("", {})
     assert split == "test" and metrics["accuracy"] == written["accuracy"]
     assert Classifier(None, Classifier.load(run).config).evaluation() is None  # no run dir
+
+
+def test_batches_shrink_with_the_input_and_change_no_probability() -> None:
+    import keras
+
+    calls: list[int] = []
+
+    class Recorder(keras.Model):
+        def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+            calls.append(len(batch))
+            return np.stack([batch.mean(axis=(1, 2, 3)), batch.max(axis=(1, 2, 3)),
+                             batch.min(axis=(1, 2, 3))], axis=1)
+
+    config = {"class_names": ["BEN", "CAN", "NOR"], "image_size": 512, "channels": 1}
+    classifier = Classifier(Recorder(), config)
+    images = np.random.default_rng(0).random((40, 512, 512, 2), np.float32)
+    batched = classifier.predict_batch(images)
+    assert calls == [8] * 5  # 4M input values a batch: 8 of 512 x 512 x 2
+    np.testing.assert_allclose(batched, classifier.predict_batch(images, batch_size=1))
+    calls.clear()
+    classifier.predict_batch(images[:, :128, :128])
+    assert calls == [40]  # small inputs: up to 64 at a time

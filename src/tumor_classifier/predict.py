@@ -25,6 +25,10 @@ from .preprocessing import preprocess
 logger = logging.getLogger(__name__)
 
 
+# Input values (pixels x channels) in one batch of `Classifier.predict_batch`.
+BATCH_VALUES = 2**22
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One file's result: probabilities per class, or the reason it could not be classified."""
@@ -103,9 +107,14 @@ class Classifier:
         return None
 
     def predict_batch(self, images: np.ndarray | CachedImages | WithOtherBreast,
-                      batch_size: int = 64,
+                      batch_size: int | None = None,
                       calibrated: bool = True, tta: bool | None = None) -> np.ndarray:
         """Class probabilities for preprocessed images (n, size, size, channels).
+
+        `batch_size` None: 64 images of up to 256 x 256 x 1 (or 128 x 128 x 2), fewer of
+        larger inputs, 4M input values a batch. The activations grow with the input: for
+        seed_asymmetry's 512 x 512 x 2, 48 images took 6.2 GB of peak memory and 52 s in
+        batches of 64, 2.0 GB and 38 s in batches of 8 (this CPU, 2026-12-07).
 
         Uses `predict_on_batch`, the model's compiled inference step, one batch at a time and
         in order: `model.predict` sets up a data pipeline per call (about 40-100 ms on
@@ -119,6 +128,8 @@ class Classifier:
         if len(images) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
         tta = self.tta if tta is None else tta
+        if batch_size is None:
+            batch_size = int(np.clip(BATCH_VALUES // np.prod(images[:1].shape[1:]), 1, 64))
         outputs = []
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size], np.float32)
