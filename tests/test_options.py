@@ -24,7 +24,7 @@ def test_class_weights_balanced_none_and_explicit() -> None:
         class_weights("BEN,CAN=1,NOR=1", COUNTS)
 
 
-def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
+def test_auto_trains_seed_asymmetry_on_paired_films_and_efficientnet_lite0_otherwise(
         prepared_mias: Path, small_dataset: Path, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     def files(root: Path) -> list[tuple[Path, ...]]:
@@ -36,13 +36,14 @@ def test_auto_trains_seed_on_paired_films_and_efficientnet_lite0_otherwise(
     def chosen(config: TrainConfig, files: list[tuple[Path, ...]]) -> str:
         return choose_model(config, unpaired_films(config, *files), sum(map(len, files)))
 
-    assert chosen(auto, paired) == "seed"
+    assert chosen(auto, paired) == "seed_asymmetry"
     assert chosen(auto, single) == "efficientnet_lite0"
     for options, expected in (({"other_breast": False}, "efficientnet_lite0"),
                               ({"patch_pretrain_epochs": 2}, "efficientnet_lite0")):
         assert chosen(TrainConfig(data_dir="", out="", **options), paired) == expected
-    # --other-breast insists on the pair, so on seed (a missing pair is then an error)
-    assert chosen(TrainConfig(data_dir="", out="", other_breast=True), single) == "seed"
+    # --other-breast insists on the pair (a missing pair is then an error)
+    assert chosen(TrainConfig(data_dir="", out="", other_breast=True),
+                  single) == "seed_asymmetry"
 
     # Why not: no film paired, the options, or a few films unpaired, named with an example.
     # Real films under DDSM names, paired by LEFT/RIGHT; one right film is missing.

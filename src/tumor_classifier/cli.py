@@ -48,9 +48,10 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
     parser.add_argument("data_dir", help=data_help)
     parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--model", default=defaults.model,
-                        help="model preset, or auto (the default): seed with the other "
-                        "breast where every film's other breast is named, else "
-                        "efficientnet_lite0 from ImageNet weights")
+                        help="model preset, or auto (the default): seed_asymmetry (seed with "
+                        "the other breast, and a frozen ImageNet probe on their difference) "
+                        "where every film's other breast is named, else efficientnet_lite0 "
+                        "from ImageNet weights")
     parser.add_argument("--image-size", type=int, default=None,
                         help="square input side (default: 128 for seed, 512 for "
                         "seed_asymmetry, 256 for the other presets)")

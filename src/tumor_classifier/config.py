@@ -74,8 +74,9 @@ class TrainConfig:
     data_dir: str
     out: str
     # Model preset, see `models.PRESETS` ("seed" is the original project's CNN), or "auto"
-    # (the default): `seed` with the other breast where every training and validation
-    # film's other breast is named, `efficientnet_lite0` from ImageNet weights otherwise
+    # (the default): `seed_asymmetry` (seed with the other breast, and a frozen ImageNet
+    # probe on their difference) where every training and validation film's other breast
+    # is named, `efficientnet_lite0` from ImageNet weights otherwise
     # (`options.choose_model`; config.json records the choice).
     model: str = "auto"
     # Square side the image is resized to; None: the preset's own (`default_image_size`).
