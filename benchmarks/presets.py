@@ -14,7 +14,11 @@ fresh models. `seed` is measured twice: with the other breast as a second channe
 original recipe). `efficientnet_lite0` loads its ImageNet weights (installed with the
 package) with BatchNorm frozen, as `--model auto` fine-tunes it elsewhere;
 `efficientnet_b0` is built with random weights (Keras cannot download ImageNet weights
-here), which costs the same arithmetic. `--image-size N` measures every row at N pixels
+here), which costs the same arithmetic. `seed_asymmetry` trains in two phases: its row's
+training rate is its seed branch's, its prediction rate the assembled model's (batches of
+8, as `Classifier.predict_batch` takes its 512x512x2 inputs; 3 batches), and its minutes per
+1,000 images add one pass of the frozen probe over each film (`asymmetry._Features`, all
+four sizes, the rate printed below the table). `--image-size N` measures every row at N pixels
 instead of its preset's default (for example `--models efficientnet_lite0 --image-size 128`,
 the fast option the README measures in "Which input size for efficientnet_lite0").
 """
@@ -42,7 +46,9 @@ from tumor_classifier.options import default_rate_and_epochs  # noqa: E402
 
 # (preset, channels, what it is)
 DEFAULT_ROWS = [
-    ("seed", 2, "`--model auto` where the other breast is named: the film and the other film"),
+    ("seed_asymmetry", 2, "`--model auto` where the other breast is named: `seed` on the "
+     "film and the other film, with the frozen ImageNet probe on their difference"),
+    ("seed", 2, "the same network alone (the default until 2026-12-07)"),
     ("efficientnet_lite0", 1, "`--model auto` otherwise: ImageNet weights, BatchNorm frozen"),
     ("seed", 1, "the original recipe: one film"),
     ("seed_augmented", 2, "with the other breast"),
@@ -66,15 +72,36 @@ def measure(name: str, channels: int, size: int, images: int,
                   loss="categorical_crossentropy", metrics=["accuracy"])
     timer = EpochTimer()
     model.fit(x, y, batch_size=32, epochs=epochs, callbacks=[timer], verbose=0)
-    batch = x[:32]
+    batch, batches = x[:32], 10
+    if name == "seed_asymmetry":
+        model, batch, batches = _assembled(model, x, size), x[:8], 3
     model.predict_on_batch(batch)  # build the inference function
     seconds = []
-    for _ in range(10):
+    for _ in range(batches):
         started = time.perf_counter()
         model.predict_on_batch(batch)
         seconds.append(time.perf_counter() - started)
     return (images / statistics.median(timer.times[1:]), len(batch) / statistics.median(seconds),
             model.count_params())
+
+
+PROBE_RATES: list[float] = []  # seed_asymmetry: films/s of one pass of the frozen probe
+
+
+def _assembled(seed_branch: keras.Model, x: np.ndarray, size: int) -> keras.Model:
+    """seed_asymmetry as `train` assembles it (zero heads: the same arithmetic), after
+    timing the probe's one pass over every film at all four sizes."""
+    from tumor_classifier.asymmetry import _Features, assemble, probe_sizes
+
+    features = _Features(size, "imagenet")
+    rows = np.arange(len(x))
+    started = time.perf_counter()
+    for probe_size in probe_sizes(size):
+        features.compute(x[..., :1], rows, probe_size)
+    PROBE_RATES.append(len(x) / (time.perf_counter() - started))
+    heads = {probe_size: (np.zeros((1280, 3), np.float32), np.zeros(3, np.float32))
+             for probe_size in probe_sizes(size)}
+    return assemble(seed_branch, features, heads)
 
 
 def main() -> None:
@@ -103,9 +130,14 @@ def main() -> None:
         # `train`'s default: efficientnet_b0 too is fine-tuned from ImageNet by default
         epochs = default_rate_and_epochs(name in PRETRAINED)[1]
         minutes = 1000 * epochs / train_rate / 60
+        if name == "seed_asymmetry":
+            minutes += 1000 / statistics.median(PROBE_RATES) / 60
         print(f"| `{name}`: {what} | {size}×{size}×{channels} | {runs[0][2]:,} | "
               f"{train_rate:.0f} | {predict_rate:.0f} | {epochs} | {minutes:.1f} |",
               flush=True)
+    if PROBE_RATES:
+        print(f"seed_asymmetry's probe: {statistics.median(PROBE_RATES):.1f} films/s (one "
+              "pass, all four sizes, median of the models)")
 
 
 if __name__ == "__main__":
