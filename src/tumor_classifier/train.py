@@ -322,9 +322,12 @@ def train(config: TrainConfig) -> Path:
 
         assert config.weights is not None  # resolved by fill_defaults
         seed_branch = keras.models.load_model(run_dir / "model.keras", compile=False)
-        features, heads, probe = fit_probe(config.input_size, config.weights, x_train,
-                                           train_rows, y_train, x_val, val_rows, y_val,
-                                           num_classes, weights)
+        # The probe weighs classes as --class-weight says, whatever --sampling did for
+        # the network (balanced batches have no counterpart in one regression).
+        features, heads, probe = fit_probe(
+            config.input_size, config.weights, x_train, train_rows, y_train, x_val,
+            val_rows, y_val, num_classes,
+            class_weights(config.class_weight, train_folder.counts()))
         model = assemble(seed_branch, features, heads)
         model.save(run_dir / "model.keras")
 
