@@ -70,6 +70,7 @@ class _Features:
         self.pool = layers.GlobalAveragePooling2D(name="imagenet_pool")
         self.mean = layers.Average(name="mean_with_flip")
         self.resize: dict[int, layers.Layer] = {}
+        self.models: dict[int, keras.Model] = {}  # for `compute`: one per size, traced once
         for size in probe_sizes(side):
             if size == side:
                 continue
@@ -86,8 +87,10 @@ class _Features:
 
     def compute(self, images: Any, rows: np.ndarray, size: int) -> np.ndarray:
         """(len(rows), 1280) features of `images[rows]` (grey, side x side) at `size`."""
-        inputs = keras.Input(shape=(self.side, self.side, 1))
-        model = keras.Model(inputs, self(inputs, size))
+        if size not in self.models:
+            inputs = keras.Input(shape=(self.side, self.side, 1))
+            self.models[size] = keras.Model(inputs, self(inputs, size))
+        model = self.models[size]
         return np.concatenate([
             np.asarray(model.predict_on_batch(
                 np.ascontiguousarray(images[rows[start : start + BATCH]], np.float32)))
