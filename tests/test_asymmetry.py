@@ -98,6 +98,9 @@ def test_seed_asymmetry_refuses_films_without_their_other_breast(small_dataset: 
                                          "woman's other breast"):
         train(TrainConfig(model="seed_asymmetry", data_dir=str(small_dataset),
                           out=str(tmp_path / "run"), image_size=128, epochs=1))
+    with pytest.raises(ValueError, match="takes grey films: use --channels 1"):
+        train(TrainConfig(model="seed_asymmetry", data_dir=str(small_dataset),
+                          out=str(tmp_path / "run"), channels=3))
     with pytest.raises(ValueError, match="needs ImageNet weights"):
         train(TrainConfig(model="seed_asymmetry", data_dir=str(small_dataset),
                           out=str(tmp_path / "run"), weights="none"))

@@ -114,6 +114,9 @@ def check_options(config: TrainConfig) -> None:
                                              or config.patch_pretrain_epochs):
         raise ValueError("--model seed_asymmetry compares each film with the other breast: "
                          "it cannot take --no-other-breast or --patch-pretrain-epochs.")
+    if config.model == "seed_asymmetry" and config.channels != 1:
+        # Its layers split the input into one grey film and one grey other breast.
+        raise ValueError("--model seed_asymmetry takes grey films: use --channels 1.")
     if config.model == "seed_asymmetry" and config.weights == "none":
         raise ValueError("--model seed_asymmetry needs ImageNet weights for its frozen probe: "
                          "pass --weights imagenet (the default) or the path of the .pth file "
