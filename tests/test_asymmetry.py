@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tumor_classifier.asymmetry import assemble, fit_probe, probe_sizes
+from tumor_classifier.asymmetry import (
+    _Features,
+    assemble,
+    fit_probe,
+    probe_sizes,
+    reuse_features,
+)
 from tumor_classifier.models import build_model
 from tumor_classifier.other_breast import WithOtherBreast
 
@@ -52,6 +58,34 @@ def test_the_assembled_model_averages_the_seed_branch_and_the_regressions() -> N
     branch = np.asarray(seed_branch.predict_on_batch(inputs))
     np.testing.assert_allclose(model.predict_on_batch(inputs),
                                (branch + np.mean(expected, axis=0)) / 2, atol=2e-4)
+
+
+def test_reused_features_are_those_of_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cv's folds share films: inside reuse_features() a film is computed once per size,
+    # known by its pixels (not its row), and gives exactly what computing it again gives.
+    rng = np.random.default_rng(1)
+    films = rng.random((6, 64, 64, 1), np.float32)
+    features = _Features(64, "imagenet")
+    fresh = features.compute(films, np.arange(6), 32)
+    computed: list[int] = []
+    original = _Features._compute
+
+    def counting(self: _Features, images: np.ndarray, rows: np.ndarray, size: int
+                 ) -> np.ndarray:
+        computed.append(len(rows))
+        return original(self, images, rows, size)
+
+    monkeypatch.setattr(_Features, "_compute", counting)
+    with reuse_features():
+        first = features.compute(films, np.array([0, 1, 2]), 32)
+        shuffled = films[[5, 4, 3, 2, 1, 0]]  # the same films at other rows ("another fold")
+        second = features.compute(shuffled, np.arange(6), 32)
+        features.compute(films, np.array([0]), 64)  # another size: computed anew
+    assert computed == [3, 3, 1]
+    np.testing.assert_allclose(first, fresh[:3], atol=1e-5)
+    np.testing.assert_allclose(second, fresh[[5, 4, 3, 2, 1, 0]], atol=1e-5)
+    features.compute(films, np.array([0]), 32)  # outside the block: nothing kept
+    assert computed == [3, 3, 1, 1]
 
 
 @pytest.mark.slow

@@ -24,8 +24,10 @@ standardisation folded in. A Keras `Dense` trained by Adam on the same features 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
@@ -41,6 +43,26 @@ logger = logging.getLogger(__name__)
 STRENGTHS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 # The film's features are computed this many at a time.
 BATCH = 16
+# Inside `reuse_features()`: (weights, pixels' digest, size) -> the film's features.
+_reused: dict[tuple[str, bytes, int], np.ndarray] | None = None
+
+
+@contextlib.contextmanager
+def reuse_features() -> Iterator[None]:
+    """Within this block each film's probe features are computed once per size and reused.
+
+    `cv` trains one `seed_asymmetry` per fold, and each film is in four folds' training or
+    validation films: without this its features were computed four times. Films are known
+    by a digest of their decoded pixels, so a reused feature is that of the same input,
+    whatever the fold calls the file. The block holds 5 KB a film and size (about 20 MB for
+    1,000 films) and lets it go at its end; `train` alone computes each film once anyway.
+    """
+    global _reused
+    outer, _reused = _reused, {}
+    try:
+        yield
+    finally:
+        _reused = outer
 
 
 def probe_sizes(side: int) -> tuple[int, ...]:
@@ -60,7 +82,7 @@ class _Features:
             load_imagenet_weights,
         )
 
-        self.side = side
+        self.side, self.weights = side, weights
         self.backbone = efficientnet_lite0((None, None, 3), name="imagenet_backbone")
         load_imagenet_weights(self.backbone,
                               imagenet_weights_path() if weights == "imagenet" else weights)
@@ -86,7 +108,18 @@ class _Features:
         return self.mean([self.pool(self.backbone(x)), self.pool(self.backbone(self.flip(x)))])
 
     def compute(self, images: Any, rows: np.ndarray, size: int) -> np.ndarray:
-        """(len(rows), 1280) features of `images[rows]` (grey, side x side) at `size`."""
+        """(len(rows), 1280) features of `images[rows]` (grey, side x side) at `size`;
+        inside `reuse_features()`, only those of films not seen before are computed."""
+        if _reused is None:
+            return self._compute(images, rows, size)
+        keys = [(self.weights, hashlib.blake2b(np.asarray(images[row], np.float32).tobytes(),
+                                               digest_size=16).digest(), size) for row in rows]
+        new = [index for index, key in enumerate(keys) if key not in _reused]
+        for index, features in zip(new, self._compute(images, rows[new], size), strict=True):
+            _reused[keys[index]] = features
+        return np.stack([_reused[key] for key in keys]) if keys else np.zeros((0, 1280))
+
+    def _compute(self, images: Any, rows: np.ndarray, size: int) -> np.ndarray:
         if size not in self.models:
             inputs = keras.Input(shape=(self.side, self.side, 1))
             self.models[size] = keras.Model(inputs, self(inputs, size))
