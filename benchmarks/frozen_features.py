@@ -1,13 +1,14 @@
 """Frozen ImageNet features of the film and of its other breast: a linear probe by CV.
 
     python benchmarks/frozen_features.py DATA_DIR [--sizes 256 ...] [--seeds 0 1 2 3 4]
-        [--compare CV_DIR ...]
+        [--compare CV_DIR ...] [--layer head|block7|block10|block14|block15]
 
 DATA_DIR is a prepared dataset whose `split.csv` names each film's other breast (`prepare
 mini-mias` writes it). Every film is cropped to the breast as the default model sees it,
 passed once through `efficientnet_lite0` with its ImageNet weights (frozen; the mean of
-the film and its top-bottom flip, global-average pooled: 1,280 numbers), and four feature
-sets are tried at each of `--sizes`:
+the film and its top-bottom flip, global-average pooled: 1,280 numbers; with `--layer
+blockN`, the output of block N instead, e.g. block15's 320 channels before the head's 1x1
+expansion, which `seed_asymmetry` uses), and four feature sets are tried at each of `--sizes`:
 
 - film: the film's own features;
 - film+diff: those and their difference from the other breast's;
@@ -62,10 +63,17 @@ def cropped_films(files: list[Path]) -> list[np.ndarray]:
     return [crop_breast(to_grey(read_image(file))) for file in files]
 
 
-def film_features(films: list[np.ndarray], size: int) -> np.ndarray:
-    """(films, 1280) frozen ImageNet features, each the mean of the film and its flip."""
+# Where each --layer is read: the input of the next block's first layer (a block's output).
+LAYERS = {"head": None, "block7": "block8_expand", "block10": "block11_expand",
+          "block14": "block15_expand", "block15": "head_conv"}
+
+
+def film_features(films: list[np.ndarray], size: int, layer: str = "head") -> np.ndarray:
+    """(films, channels) frozen ImageNet features, each the mean of the film and its flip."""
     backbone = efficientnet_lite0((size, size, 3))
     load_imagenet_weights(backbone, imagenet_weights_path())
+    if LAYERS[layer]:
+        backbone = keras.Model(backbone.input, backbone.get_layer(LAYERS[layer]).input)
     pooled = keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D()])
     images = np.stack([preprocess(film, size, 3) for film in films])
     return (pooled.predict(images, batch_size=16, verbose=0)
@@ -131,6 +139,8 @@ def main() -> None:
                         help="input sides; with several, also the mean over sizes")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--layer", choices=LAYERS, default="head",
+                        help="which features: the head's 1,280 or a block's output")
     parser.add_argument("--compare", type=Path, nargs="+",
                         help="one finished default cv run of DATA_DIR per seed, same order")
     args = parser.parse_args()
@@ -148,7 +158,7 @@ def main() -> None:
     sets: dict[int, dict[str, np.ndarray]] = {}
     for size in args.sizes:
         start = time.perf_counter()
-        own = film_features(films, size)
+        own = film_features(films, size, args.layer)
         print(f"features of {len(files)} films at {size} px: "
               f"{time.perf_counter() - start:.0f} s", flush=True)
         sets[size] = feature_sets(own, own[other])
