@@ -91,7 +91,7 @@ PROBE_RATES: list[float] = []  # seed_asymmetry: films/s of one pass of the froz
 def _assembled(seed_branch: keras.Model, x: np.ndarray, size: int) -> keras.Model:
     """seed_asymmetry as `train` assembles it (zero heads: the same arithmetic), after
     timing the probe's one pass over every film at all four sizes."""
-    from tumor_classifier.asymmetry import _Features, assemble, probe_sizes
+    from tumor_classifier.asymmetry import FEATURES, _Features, assemble, probe_sizes
 
     features = _Features(size, "imagenet")
     rows = np.arange(len(x))
@@ -99,7 +99,7 @@ def _assembled(seed_branch: keras.Model, x: np.ndarray, size: int) -> keras.Mode
     for probe_size in probe_sizes(size):
         features.compute(x[..., :1], rows, probe_size)
     PROBE_RATES.append(len(x) / (time.perf_counter() - started))
-    heads = {probe_size: (np.zeros((1280, 3), np.float32), np.zeros(3, np.float32))
+    heads = {probe_size: (np.zeros((FEATURES, 3), np.float32), np.zeros(3, np.float32))
              for probe_size in probe_sizes(size)}
     return assemble(seed_branch, features, heads)
 
