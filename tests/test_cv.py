@@ -171,6 +171,28 @@ def test_cross_validation_with_the_other_breast(prepared_mias: Path, tmp_path: P
 
 
 @pytest.mark.slow
+def test_cv_computes_each_films_probe_features_once(prepared_mias: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # seed_asymmetry in cv: each real film is in two of three folds' training or validation
+    # films, but its probe features are computed once per size for the whole cv.
+    from tumor_classifier.asymmetry import _Features
+
+    computed: Counter[int] = Counter()
+    original = _Features._compute
+
+    def counting(self: _Features, images: Any, rows: Any, size: int) -> Any:
+        computed[size] += len(rows)
+        return original(self, images, rows, size)
+
+    monkeypatch.setattr(_Features, "_compute", counting)
+    config = TrainConfig(model="seed_asymmetry", data_dir="", out="", epochs=1,
+                         image_size=128, workers=1)
+    summary = cross_validate(prepared_mias, tmp_path / "cv", config, folds=3)
+    assert summary["pooled_out_of_fold"]["n"] == 240
+    assert computed == {32: 240, 64: 240, 96: 240, 128: 240}  # not 2 x 240 each
+
+
+@pytest.mark.slow
 def test_an_interrupted_cv_resumes_where_it_stopped(prepared_mias: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from tumor_classifier import resume
