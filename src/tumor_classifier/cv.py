@@ -173,6 +173,70 @@ def _women_in_two_test_folds(samples: list[Sample],
             "--patient-pattern or --patient-from-dicom).")
 
 
+def _run_fold(out: Path, fold: int, folds: int, split: tuple[np.ndarray, ...],
+              samples: list[Sample], config: TrainConfig,
+              circles: dict[Path, list[tuple[float, float, float]]], cache_dir: Path | None
+              ) -> tuple[dict[str, Any], dict[Path, str]]:
+    """Fold `fold`'s test metrics and each source file's name in it: its data written (linked),
+    its model trained and tested; under --resume, what an interrupted run finished is kept."""
+    fold_dir = out / f"fold{fold + 1}"
+    placed = [(part, samples[index])
+              for part, indices in zip(("train", "validation", "test"), split, strict=True)
+              for index in indices]
+    # Each source file's name in the fold, so that the other breast can follow its film.
+    in_fold = {sample.path.resolve(): f"{part}/{sample.label}/{sample.patient}__"
+               f"{sample.path.name}" for part, sample in placed}
+    rows = []
+    link_sources: dict[str, Path] = {}
+    for part, sample in placed:
+        relative = in_fold[sample.path.resolve()]
+        # Folds are by patient, so the other breast is in the same part; an empty cell
+        # where the dataset does not name it.
+        other = (in_fold.get(sample.other_breast.resolve(), "") if sample.other_breast
+                 else "")
+        rows.append([relative, sample.label, sample.patient, part, other])
+        link_sources[relative] = sample.path.resolve()
+    table = fold_dir / "data" / "split.csv"
+    done = fold_dir / "fold.json"  # written when the fold's training and test are over
+    if config.resume and table.is_file():
+        with table.open(encoding="utf-8") as f:
+            if list(csv.reader(f))[1:] != rows:
+                raise ValueError(
+                    f"{fold_dir}: its patients differ from this run's fold {fold + 1}; "
+                    "--resume needs the same DATA_DIR, --folds, --groups or "
+                    "--patient-from-dicom, --seed and --group-near-copies.")
+        if done.is_file():
+            return load_json(done), in_fold
+    else:
+        _write_fold_data(fold_dir, rows, link_sources, circles)
+    from .evaluate import evaluate
+    from .train import train
+
+    run = fold_dir / "run"
+    started = time.perf_counter()
+    seconds: float | None = None
+    if config.resume and (run / "config.json").is_file():  # trained, not yet tested
+        run_dir = run
+    else:  # a resumed fold's time is that of its resumed part
+        run_dir = train(dataclasses.replace(
+            config, data_dir=str(fold_dir / "data"), out=str(run),
+            resume=config.resume and (run / "backup").is_dir()))
+        seconds = time.perf_counter() - started
+    metrics = evaluate(run_dir, fold_dir / "data" / "test", cache_dir=cache_dir)
+    metrics["train_seconds"] = seconds
+    save_json(metrics, done)
+    if fold > 0:
+        # This fold's cache entries copied the previous fold's rows, and hold every
+        # image: the previous fold's are no longer needed (cv's disk use stays about
+        # one decoded copy of the dataset, not one per fold).
+        remove_entries_under(out / f"fold{fold}", cache_dir)
+    auc = metrics["macro_auc_ovr"]  # None where a class is missing from the test fold
+    logger.info("fold %d/%d: accuracy %.3f, macro AUC %s, trained in %s s", fold + 1,
+                folds, metrics["accuracy"], "n/a" if auc is None else f"{auc:.3f}",
+                "?" if seconds is None else f"{seconds:.0f}")
+    return metrics, in_fold
+
+
 def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 5,
                    groups_csv: Path | None = None, group_near_copies: bool = False,
                    patient_from_dicom: bool = False) -> dict[str, Any]:
@@ -225,67 +289,11 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
     # A seed_asymmetry fold reuses the probe features of films an earlier fold computed.
     with reuse_features():
         for fold, split in enumerate(parts):
-            fold_dir = out / f"fold{fold + 1}"
-            placed = [(part, samples[index])
-                      for part, indices in zip(("train", "validation", "test"), split, strict=True)
-                      for index in indices]
-            # Each source file's name in the fold, so that the other breast can follow its film.
-            in_fold = {sample.path.resolve(): f"{part}/{sample.label}/{sample.patient}__"
-                       f"{sample.path.name}" for part, sample in placed}
-            rows = []
-            link_sources: dict[str, Path] = {}
-            for part, sample in placed:
-                relative = in_fold[sample.path.resolve()]
-                # Folds are by patient, so the other breast is in the same part; an empty cell
-                # where the dataset does not name it.
-                other = (in_fold.get(sample.other_breast.resolve(), "") if sample.other_breast
-                         else "")
-                rows.append([relative, sample.label, sample.patient, part, other])
-                link_sources[relative] = sample.path.resolve()
-            table = fold_dir / "data" / "split.csv"
-            done = fold_dir / "fold.json"  # written when the fold's training and test are over
-            if config.resume and table.is_file():
-                with table.open(encoding="utf-8") as f:
-                    if list(csv.reader(f))[1:] != rows:
-                        raise ValueError(
-                            f"{fold_dir}: its patients differ from this run's fold {fold + 1}; "
-                            "--resume needs the same DATA_DIR, --folds, --groups or "
-                            "--patient-from-dicom, --seed and --group-near-copies.")
-                if done.is_file():
-                    per_fold.append(load_json(done))
-                    _pool(per_fold[-1], split[2], samples, in_fold, fold_dir, class_names,
-                          pooled_probabilities, predicted)
-                    continue
-            else:
-                _write_fold_data(fold_dir, rows, link_sources, circles)
-            from .evaluate import evaluate
-            from .train import train
-
-            run = fold_dir / "run"
-            started = time.perf_counter()
-            seconds: float | None = None
-            if config.resume and (run / "config.json").is_file():  # trained, not yet tested
-                run_dir = run
-            else:  # a resumed fold's time is that of its resumed part
-                run_dir = train(dataclasses.replace(
-                    config, data_dir=str(fold_dir / "data"), out=str(run),
-                    resume=config.resume and (run / "backup").is_dir()))
-                seconds = time.perf_counter() - started
-            metrics = evaluate(run_dir, fold_dir / "data" / "test", cache_dir=cache_dir)
-            metrics["train_seconds"] = seconds
-            save_json(metrics, done)
-            if fold > 0:
-                # This fold's cache entries copied the previous fold's rows, and hold every
-                # image: the previous fold's are no longer needed (cv's disk use stays about
-                # one decoded copy of the dataset, not one per fold).
-                remove_entries_under(out / f"fold{fold}", cache_dir)
+            metrics, in_fold = _run_fold(out, fold, folds, split, samples, config, circles,
+                                         cache_dir)
             per_fold.append(metrics)
-            _pool(metrics, split[2], samples, in_fold, fold_dir, class_names,
+            _pool(metrics, split[2], samples, in_fold, out / f"fold{fold + 1}", class_names,
                   pooled_probabilities, predicted)
-            auc = metrics["macro_auc_ovr"]  # None where a class is missing from the test fold
-            logger.info("fold %d/%d: accuracy %.3f, macro AUC %s, trained in %s s", fold + 1,
-                        folds, metrics["accuracy"], "n/a" if auc is None else f"{auc:.3f}",
-                        "?" if seconds is None else f"{seconds:.0f}")
 
     keys = sorted(set().union(*(_scalars(metrics) for metrics in per_fold)))
     summary_rows: dict[str, dict[str, float | None]] = {}
