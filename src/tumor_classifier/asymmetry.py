@@ -34,6 +34,12 @@ import keras
 import numpy as np
 from keras import layers
 
+from .efficientnet_lite import (
+    VARIANTS,
+    efficientnet_lite,
+    imagenet_weights_path,
+    load_imagenet_weights,
+)
 from .models import ASYMMETRY_SEED_SCALE, Channels, FlipTopBottom
 
 logger = logging.getLogger(__name__)
@@ -49,8 +55,8 @@ BATCH = 16
 # feature pass 1.3-1.4 times as slow; only abnormal vs normal rose at every seed (+0.032).
 # Not adopted (README, "A larger frozen backbone").
 BACKBONE = "lite0"
-# Numbers in one film's features (the channels of the backbone's last block).
-FEATURES = 320
+# Numbers in one film's features: the channels of the backbone's last block (320).
+FEATURES = VARIANTS[BACKBONE][-1][3]
 # Inside `reuse_features()`: (weights, pixels' digest, size) -> the film's features.
 _reused: dict[tuple[str, bytes, int], np.ndarray] | None = None
 
@@ -84,12 +90,6 @@ class _Features:
     grey (side, side, 1) tensor -> (FEATURES,) features at one size."""
 
     def __init__(self, side: int, weights: str) -> None:
-        from .efficientnet_lite import (
-            efficientnet_lite,
-            imagenet_weights_path,
-            load_imagenet_weights,
-        )
-
         self.side, self.weights = side, weights
         network = efficientnet_lite((None, None, 3), BACKBONE)
         load_imagenet_weights(network, imagenet_weights_path(BACKBONE)
