@@ -53,7 +53,9 @@ BATCH = 16
 # place: by the benchmark the ensemble's macro AUC rose (+0.011 and +0.017 at seeds 0-4 and
 # 5-9), but as built only at 3 of 5 seeds (+0.007) and CAN vs rest fell (-0.009), its
 # feature pass 1.3-1.4 times as slow; only abnormal vs normal rose at every seed (+0.032).
-# Not adopted (README, "A larger frozen backbone").
+# Not adopted (README, "A larger frozen backbone"); nor Lite0's and Lite1's probes
+# averaged: as built macro +0.006, CAN -0.003, abnormal +0.020, at twice the cv time
+# (README, "Two frozen backbones averaged").
 BACKBONE = "lite0"
 # Numbers in one film's features: the channels of the backbone's last block (320).
 FEATURES = VARIANTS[BACKBONE][-1][3]
