@@ -134,9 +134,10 @@ def test_cross_validation_end_to_end(prepared_mias: Path, tmp_path: Path,
     rows = summary["per_fold_mean_std"]
     for key in ("accuracy", "balanced_accuracy", "macro_auc_ovr", "binary.CAN_vs_rest.auc",
                 "binary.abnormal_vs_normal.auc", "expected_calibration_error",
-                "train_seconds"):
+                "negative_log_likelihood", "prevalence_baseline_nll", "train_seconds"):
         assert rows[key]["mean"] is not None and rows[key]["std"] is not None, key
     assert "pooled [95% CI]" in format_cv(summary)
+    assert "prevalence_baseline_nll" in format_cv(summary)
     # no woman's film is a near-copy of another woman's, even at 32 pixels
     assert saved["near_copies_in_test_folds"] == 0 and "WARNING" not in format_cv(summary)
     summary["near_copies_in_test_folds"] = 3

@@ -30,6 +30,11 @@ def test_compute_metrics_on_a_hand_made_example() -> None:
     assert metrics["per_class"]["CAN"]["precision"] == pytest.approx(0.5)
     assert metrics["per_class"]["CAN"]["auc_ovr"] == pytest.approx(1.0)
     assert metrics["per_class"]["NOR"]["support"] == 3
+    # the class frequencies 2/6, 1/6, 3/6 given to every image
+    assert metrics["prevalence_baseline_nll"] == pytest.approx(
+        -(2 * np.log(2 / 6) + np.log(1 / 6) + 3 * np.log(3 / 6)) / 6)
+    assert metrics["negative_log_likelihood"] == pytest.approx(
+        -np.log([.8, .2, .7, .8, .4, .2]).mean())
 
 
 def test_fitted_patients_by_name_but_not_the_image_itself() -> None:
@@ -65,6 +70,9 @@ def test_evaluate_agrees_with_predict_file_by_file(trained_run: Path, prepared_m
         assert key in saved
     assert set(saved["per_class"]["CAN"]) == {"precision", "recall", "f1", "support", "auc_ovr"}
     assert saved["n"] == len(list(test_dir.rglob("*.png")))
+    assert (f"NLL {saved['negative_log_likelihood']:.3f} (the class frequencies alone: "
+            f"{saved['prevalence_baseline_nll']:.3f})") in (tmp_path / "report" / "report.txt"
+                                                             ).read_text()
 
     # predict on the files in another order; pair by file name and recompute the accuracy
     classifier = Classifier.load(trained_run)

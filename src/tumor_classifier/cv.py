@@ -333,7 +333,8 @@ def cross_validate(data_dir: Path, out: Path, config: TrainConfig, folds: int = 
             sum((metrics.get("same_patient_as_fitted") or {}).values()) for metrics in per_fold),
         "pooled_out_of_fold": {key: pooled[key] for key in (
             "n", "accuracy", "balanced_accuracy", "majority_baseline", "macro_auc_ovr",
-            "binary", "expected_calibration_error", "confidence_intervals", "per_class")},
+            "binary", "expected_calibration_error", "negative_log_likelihood",
+            "prevalence_baseline_nll", "confidence_intervals", "per_class")},
     }
     save_json(summary, out / "cv_summary.json")
     return summary
@@ -354,7 +355,8 @@ def format_cv(summary: dict[str, Any]) -> str:
         ("majority_baseline", None), ("macro_auc_ovr", "macro_auc_ovr"),
         ("binary.CAN_vs_rest.auc", "auc_CAN_vs_rest"),
         ("binary.abnormal_vs_normal.auc", "auc_abnormal_vs_normal"),
-        ("expected_calibration_error", None), ("train_seconds", None),
+        ("expected_calibration_error", None), ("negative_log_likelihood", None),
+        ("prevalence_baseline_nll", None), ("train_seconds", None),
     ):
         if key not in rows or rows[key]["mean"] is None:
             continue

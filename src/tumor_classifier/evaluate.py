@@ -140,7 +140,8 @@ def format_summary(metrics: dict[str, Any], report: str) -> str:
                 f"{'n/a' if specificity is None else f'{specificity:.3f}'}"
             )
     lines.append(f"calibration        ECE {metrics['expected_calibration_error']:.3f}, "
-                 f"NLL {metrics['negative_log_likelihood']:.3f}")
+                 f"NLL {metrics['negative_log_likelihood']:.3f} (the class frequencies "
+                 f"alone: {metrics['prevalence_baseline_nll']:.3f})")
     return "\n".join(lines) + "\n\n" + report
 
 

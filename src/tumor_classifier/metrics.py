@@ -199,6 +199,13 @@ def compute_metrics(
         "binary": binary,
         "expected_calibration_error": expected_calibration_error(labels, probabilities),
         "negative_log_likelihood": negative_log_likelihood(labels, probabilities),
+        # The log-loss of giving every image the split's class frequencies: what the
+        # probabilities are worth next to knowing only how common each class is, as the
+        # majority baseline is for the accuracy. A model trained with class weights scores
+        # above it more easily than its ranking suggests (README, "Calibration and class
+        # weights").
+        "prevalence_baseline_nll": negative_log_likelihood(
+            labels, np.tile(counts / max(len(labels), 1), (len(labels), 1))),
         "confusion_matrix": confusion_matrix(labels, predicted, labels=indices).tolist(),
         "class_names": list(class_names),
     }
