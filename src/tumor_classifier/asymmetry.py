@@ -100,7 +100,7 @@ class _Features:
         # averaged with the seed network, a probe on their difference scored a higher
         # macro AUC than one on the 1,280 head features' at each of ten CV seeds (+0.014
         # and +0.013 at seeds 0-4 and 5-9), and higher CAN and abnormal AUCs on average.
-        # As built the two are within the noise (+0.012 at seeds 0-4, +0.002 at 5-8); this
+        # As built the two are within the noise (+0.012 at seeds 0-4, +0.001 at 5-9); this
         # one is the smaller and faster (README, "Which features of the backbone").
         self.backbone = keras.Model(network.input, network.get_layer("head_conv").input,
                                     name="imagenet_backbone")
