@@ -67,6 +67,7 @@ def test_upload_shows_the_same_probabilities_as_predict(
     card = "\n".join(markdown.value for markdown in app.sidebar.markdown)
     assert "**Evaluation on the validation split** (used in training for calibration" in card
     assert "- macro AUC 0." in card and "] (majority baseline 0." in card
+    assert "- **Class weights** in training: BEN " in card  # balanced, the default
     film = _films(prepared_mias)[0]
     app.file_uploader[0].set_value((film.name, film.read_bytes(), "image/png")).run()
     assert not app.exception and not app.error

@@ -44,6 +44,18 @@ def model_card(classifier: Classifier) -> None:
         f"- **Trained**: {str(config.get('finished', '?'))[:10]}\n"
         f"- **Temperature** (calibration): {classifier.temperature:.2f}"
     )
+    # A model trained with class weights or balanced batches gives probabilities that
+    # weigh the classes so, not by how common they are (README, "Calibration and class
+    # weights").
+    weights = config.get("class_weight")
+    if weights:
+        st.sidebar.markdown(
+            "- **Class weights** in training: "
+            + ", ".join(f"{name} {value:.2f}" for name, value in weights.items())
+            + ": the probabilities weigh the classes so, not by how common they are")
+    elif config.get("training", {}).get("sampling") == "balanced":
+        st.sidebar.markdown("- **Balanced batches** in training: the probabilities weigh "
+                            "the classes equally, not by how common they are")
     data = config.get("data", {})
     if data:
         st.sidebar.markdown("**Training data** (images per class)")
