@@ -40,8 +40,13 @@ def test_folds_keep_every_patient_in_one_place(prepared_mias: Path) -> None:
 
 
 def test_cv_refuses_to_split_without_patients(tmp_path: Path) -> None:
-    (tmp_path / "BEN").mkdir()
-    with pytest.raises(FileNotFoundError, match="never splits by image"):
+    from conftest import ramp, write_png
+
+    # class folders whose names say nothing of whose the images are
+    for name in ("BEN/scan1.png", "NOR/scan2.png", "NOR/mdb003.png"):
+        write_png(tmp_path / name, ramp())
+    with pytest.raises(FileNotFoundError, match="no file names that say whose each film is; "
+                       "cross-validation needs the patient of every image"):
         load_samples(tmp_path)
 
 
@@ -69,7 +74,13 @@ def test_cv_says_when_its_groups_part_one_womans_films(prepared_mias: Path,
     (tmp_path / "women.csv").write_text("\n".join(
         [lines[0]] + [f"{line.split(',')[0]},{line.split('/')[1][:6]}" for line in lines[1:]]))
     by_woman = load_samples(source, tmp_path / "women.csv")
-    assert all(sample.other_breast is None for sample in by_woman)
+    # the CSV gives no sides: the names pair each film with the woman's other film, where
+    # the CSV makes both one patient's
+    assert all(sample.other_breast is None for sample in by_image)
+    for sample in by_woman:
+        assert sample.other_breast is not None
+        assert sample.other_breast.name == sample.path.name.replace(
+            "LEFT", "x").replace("RIGHT", "LEFT").replace("x", "RIGHT")
     # with the CSV's optional laterality and view, each film gets its woman's other film
     (tmp_path / "sides.csv").write_text("\n".join(
         ["file,patient_id,laterality,view"] + [

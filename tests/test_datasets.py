@@ -95,13 +95,8 @@ def test_prepare_never_touches_the_source_and_refuses_a_full_dest(
 
 def test_prepare_names_each_films_other_breast(prepared_mias: Path) -> None:
     rows = _rows(prepared_mias)
-    by_file = {row["file"]: row for row in rows}
     assert len(rows) == 240
-    for row in rows:
-        other = by_file[row["other_breast"]]
-        # the same woman, the same split, the other film, and the pairing is mutual
-        assert other["patient_id"] == row["patient_id"] and other["split"] == row["split"]
-        assert other["file"] != row["file"] and other["other_breast"] == row["file"]
+    _assert_pairs_are_mutual_within_a_woman(rows)
     first = next(row for row in rows if row["file"].endswith("/mdb001.png"))
     assert first["other_breast"].endswith("/mdb002.png")
 
@@ -212,6 +207,52 @@ def test_prepare_folders_says_when_names_show_one_woman_in_two_splits(
     prepare_folders(source, tmp_path / "by-woman", patient_pattern=r"^A_\d{4}")
     assert "more than one split" not in caplog.text
     assert len({row["patient_id"] for row in _rows(tmp_path / "by-woman")}) == 120
+    # no patient option: the names say whose each film is, and pair the breasts
+    prepare_folders(source, tmp_path / "by-name")
+    assert "more than one split" not in caplog.text
+    rows = _rows(tmp_path / "by-name")
+    assert len({row["patient_id"] for row in rows}) == 120
+    _assert_pairs_are_mutual_within_a_woman(rows)
+
+
+def _assert_pairs_are_mutual_within_a_woman(rows: list[dict[str, str]]) -> None:
+    """Each row's other breast: the same woman, the same split, another film, mutually."""
+    by_file = {row["file"]: row for row in rows}
+    for row in rows:
+        other = by_file[row["other_breast"]]
+        assert other["patient_id"] == row["patient_id"] and other["split"] == row["split"]
+        assert other["file"] != row["file"] and other["other_breast"] == row["file"]
+
+
+def test_mini_mias_films_in_class_folders_need_no_patient_option(
+    prepared_mias: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The 240 real films as plain class folders under their own names (mdb001.png, ...),
+    # as mini-MIAS is often passed around: its numbers say whose each film is.
+    source = tmp_path / "flat"
+    for row in _rows(prepared_mias):
+        target = source / row["label"] / Path(row["file"]).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(prepared_mias / row["file"], target)
+    with caplog.at_level("INFO"):
+        prepare_folders(source, tmp_path / "out")
+    assert "each image's patient from its file name" in caplog.text
+    rows = _rows(tmp_path / "out")
+    # the women and pairs that `prepare mini-mias` reads from Info.txt
+    truth = {Path(row["file"]).name: row for row in _rows(prepared_mias)}
+    assert len(rows) == 240
+    for row in rows:
+        name = Path(row["file"]).name
+        assert row["patient_id"] == truth[name]["patient_id"]
+        assert Path(row["other_breast"]).name == Path(truth[name]["other_breast"]).name
+    _assert_pairs_are_mutual_within_a_woman(rows)
+    # cv reads the same women and pairs from the folders, with no split.csv or --groups
+    samples = load_samples(source)
+    assert len(samples) == 240
+    for sample in samples:
+        assert sample.patient == truth[sample.path.name]["patient_id"]
+        assert sample.other_breast is not None
+        assert sample.other_breast.name == Path(truth[sample.path.name]["other_breast"]).name
 
 
 def test_prepare_folders_reads_the_patient_from_dicom_headers_and_never_writes_it(
@@ -333,9 +374,10 @@ def test_prepare_folders_names_each_problem(tmp_path: Path) -> None:
     source = tmp_path / "flat"
     for name in ("BEN/p1_a.png", "CAN/p2_a.png", "CAN/p2_b.png", "NOR/scan.png"):
         write_png(source / name, ramp())
-    with pytest.raises(ValueError, match="exactly one of --groups CSV"):
+    with pytest.raises(ValueError, match=r"with one of --groups CSV .* \(the file names do "
+                                         "not say it"):
         prepare_folders(source, tmp_path / "out")
-    with pytest.raises(ValueError, match="exactly one of"):
+    with pytest.raises(ValueError, match="with one option only"):
         prepare_folders(source, tmp_path / "out", patient_pattern=r"p\d",
                         one_image_per_patient=True)
     with pytest.raises(ValueError, match=r"finds no patient in 1 of 4 file name\(s\), e\.g\. "

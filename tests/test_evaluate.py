@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tumor_classifier import predict as predict_module
-from tumor_classifier.evaluate import evaluate, fitted_patients
+from tumor_classifier.evaluate import evaluate, fitted_patients, resampled_patients
 from tumor_classifier.metrics import compute_metrics
 from tumor_classifier.predict import Classifier, expand_paths
 
@@ -154,14 +154,46 @@ def test_a_model_with_the_other_breast_pairs_each_film_with_its_own_woman(
     lone.write_bytes(films[0].read_bytes())
     alone, found = classifier.predict([lone, films[1]])
     assert alone.error == (f"{lone}: no other breast given, named in split.csv "
-                           "(other_breast column) or found by its name (LEFT/RIGHT swapped) "
-                           "or DICOM header among the files given; "
+                           "(other_breast column) or found by its name (LEFT/RIGHT swapped, "
+                           "or mini-MIAS's mdb001 with mdb002) or DICOM header among the files "
+                           "given; "
                            "this model compares both breasts of a woman: pass --other-breast.")
     assert found.probabilities == results[1].probabilities
     assert classifier.read(films[0])[1].shape == (64, 64, 2)
     assert main(["predict", str(trained_run), str(films[0]),
                  "--other-breast", str(partners[0])]) == 2
     assert "this model classifies one film" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mini_mias_films_in_plain_class_folders_are_evaluated_with_the_other_breast(
+        paired_run: Path, prepared_mias: Path, tmp_path: Path) -> None:
+    """Held-out mini-MIAS films as plain class folders (mdbNNN.png, no split.csv), as an
+    independent test set comes: a model that reads the other breast pairs each film with
+    its woman's by the numbers, as split.csv would, and resamples women."""
+    test_dir = prepared_mias / "test"
+    plain = tmp_path / "held-out"
+    shutil.copytree(test_dir, plain)
+    assert not list(plain.rglob("split.csv"))
+    by_table = evaluate(paired_run, test_dir, tmp_path / "by-table")
+    by_name = evaluate(paired_run, plain, tmp_path / "by-name")
+    assert by_name["n"] == by_table["n"] == 46 and not by_name["unreadable"]
+    assert by_name["bootstrap_unit"] == "patients (file names)"
+    assert by_table["bootstrap_unit"] == "patients (split.csv)"
+    # the names group the films into the women split.csv names
+    files = sorted(plain.rglob("*.png"))
+    women, source = resampled_patients(files, plain)
+    patients, _ = resampled_patients([test_dir / file.relative_to(plain) for file in files],
+                                     test_dir)
+    assert source == "file names" and women is not None and patients is not None
+    pairs = set(zip(women, patients, strict=True))
+    assert len(pairs) == len(set(women)) == len(set(patients)) == 23
+    probabilities = {}
+    for report in ("by-table", "by-name"):
+        with (tmp_path / report / "predictions.csv").open() as handle:
+            probabilities[report] = {Path(row["file"]).name: float(row["prob_CAN"])
+                                     for row in csv.DictReader(handle)}
+    assert probabilities["by-name"] == pytest.approx(probabilities["by-table"], abs=1e-6)
 
 
 def test_films_named_left_and_right_train_and_evaluate_with_the_other_breast(

@@ -14,8 +14,10 @@ from tumor_classifier.other_breast import (
     other_breast_rows,
     other_breasts,
     pair_with_other_breasts,
+    pair_within_patients,
     straddling_patients,
     woman_of,
+    women_from_names,
 )
 
 
@@ -77,10 +79,35 @@ def test_woman_of_drops_side_and_view_from_the_name() -> None:
     assert woman_of("P_00002_LEFT_CC.png") == woman_of("P_00002_RIGHT_MLO.png") == "p_00002__"
     assert woman_of("case3_r_cc.png") == woman_of("case3_l_mlo.png") == "case3__"
     assert woman_of("A_0001_1.LEFT_CC.png") != woman_of("A_0002_1.LEFT_CC.png")
+    # mini-MIAS numbers one woman's two films in a row: mdb001 and mdb002, mdb003 and mdb004
+    assert woman_of("mdb001.png") == woman_of("MDB002.pgm") == "mias001"
+    assert woman_of("mdb003.png") == woman_of("mdb004.png") != woman_of("mdb002.png")
+    assert woman_of("mdb000.png") is None and woman_of("mdb0011.png") is None
+    assert woman_of("x_mdb001.png") is None  # only the whole name is mini-MIAS's
     # no side or view word: nothing tells whose the image is
-    assert woman_of("mdb001.png") is None and woman_of("benign (12).png") is None
+    assert woman_of("benign (12).png") is None
     assert woman_of("Lateral_class.png") is None  # side and view letters inside words
     assert woman_of("LEFT_CC.png") is None  # no identifier left (a folder per patient)
+
+
+def test_mini_mias_films_in_plain_class_folders_are_paired_by_their_numbers(
+        tmp_path: Path) -> None:
+    # Held-out mini-MIAS films as class folders, no split.csv: mdb001 with mdb002 in
+    # another class folder; mdb005 without mdb006; mdb007 twice (two folders) pairs with
+    # nothing, nor does its partner mdb008.
+    names = ["BEN/mdb001.png", "NOR/mdb002.png", "CAN/mdb003.png", "CAN/mdb004.png",
+             "NOR/mdb005.png", "NOR/mdb007.png", "BEN/mdb007.png", "NOR/mdb008.png"]
+    files = [tmp_path / name for name in names]
+    resolved = [file.resolve() for file in files]
+    assert other_breasts(files) == [resolved[1], resolved[0], resolved[3], resolved[2],
+                                    None, None, None, None]
+    assert women_from_names(files[:5]) == ["mias001"] * 2 + ["mias002"] * 2 + ["mias003"]
+    assert women_from_names(files) is None  # mdb007.png twice: names do not tell files apart
+    assert women_from_names([tmp_path / "NOR/mdb001.png", tmp_path / "NOR/x.png"]) is None
+    # paired only within one patient, and never against a pair the sides gave
+    patients = ["a", "b", "c", "c", "d"]
+    assert pair_within_patients(files[:5], patients, [None] * 5) == [None, None, 3, 2, None]
+    assert pair_within_patients(files[:4], ["a"] * 4, [None, None, 3, 2]) == [1, 0, 3, 2]
 
 
 def test_straddling_patients_by_patient_or_by_name() -> None:

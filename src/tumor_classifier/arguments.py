@@ -98,7 +98,8 @@ def _add_train_options(parser: argparse.ArgumentParser, data_help: str,
                         default=defaults.other_breast,
                         help="give the model the woman's other breast too (split.csv's "
                         "other_breast column, which prepare writes, file names that differ "
-                        "only in LEFT/RIGHT, or DICOM headers); default: on when every film "
+                        "only in LEFT/RIGHT, mini-MIAS's numbered pairs, or DICOM headers); "
+                        "default: on when every film "
                         "has its other breast")
     parser.add_argument("--cache-dir", default=None,
                         help=CACHE_DIR_HELP)

@@ -231,4 +231,5 @@ def unpaired_message(films: Sequence[str]) -> str:
     return (f"--model seed_asymmetry compares each film with the same woman's other breast, "
             f"but {len(films)} training or validation film(s) have none named (for example "
             f"{films[0]}); name it in split.csv's other_breast column (`prepare` writes it) "
-            "or in LEFT/RIGHT file names, or choose another --model.")
+            "or in LEFT/RIGHT file names (or mini-MIAS's mdb001 and mdb002), or choose "
+            "another --model.")

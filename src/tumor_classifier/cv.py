@@ -25,7 +25,12 @@ from .data import scan_pooled
 from .datasets import link_file, write_csv
 from .evaluate import write_evaluation
 from .near_copies import join_near_copies
-from .other_breast import pair_sides, straddling_patients
+from .other_breast import (
+    pair_sides,
+    pair_within_patients,
+    straddling_patients,
+    women_from_names,
+)
 from .patients import patients_from_dicom, read_groups
 
 logger = logging.getLogger(__name__)
@@ -52,31 +57,43 @@ def load_samples(data_dir: Path, groups_csv: Path | None = None,
     class folders of DATA_DIR with patients from `groups_csv` (`file,patient_id`, file
     relative to DATA_DIR, and optionally `laterality` and `view` to pair the breasts) or,
     with `patient_from_dicom`, from each DICOM header (`patients.patients_from_dicom`:
-    numbered, never written; laterality and view pair the breasts).
+    numbered, never written; laterality and view pair the breasts) or, with neither and
+    no split.csv, from the file names where every one says whose the film is
+    (`other_breast.women_from_names`). Films not paired so are paired by their names where
+    both are one patient's (`other_breast.pair_within_patients`).
     """
     data_dir = Path(data_dir)
-    if groups_csv is not None or patient_from_dicom:
+    table = data_dir / "split.csv"
+    if groups_csv is not None or patient_from_dicom or not table.is_file():
         # An already split dataset is pooled: cv makes its own splits.
         folder = scan_pooled(data_dir)
-        patients, views, sides = (read_groups(Path(groups_csv), data_dir, folder.files)
-                                  if groups_csv is not None
-                                  else patients_from_dicom(folder.files))
-        # Laterality and view (the CSV's optional columns, or the headers') pair each film
-        # with its other breast.
-        others = pair_sides(patients, views, sides)
+        views = sides = [""] * len(folder.files)
+        if groups_csv is not None:
+            patients, views, sides = read_groups(Path(groups_csv), data_dir, folder.files)
+        elif patient_from_dicom:
+            patients, views, sides = patients_from_dicom(folder.files)
+        elif (women := women_from_names(folder.files)) is not None:
+            # Every name says whose the film is (DDSM's side and view words, mini-MIAS's
+            # numbered pairs): the women are the patients.
+            patients = women
+            logger.info("%s: each image's patient from its file name: %d women.", data_dir,
+                        len(set(women)))
+        else:
+            raise FileNotFoundError(
+                f"{data_dir}: no split.csv, no --groups CSV and no file names that say whose "
+                "each film is; cross-validation needs the "
+                "patient of every image (it never splits by image). Pass --groups with "
+                "file,patient_id or, for DICOM files, --patient-from-dicom; or make a "
+                f"split.csv with `tumor-classifier prepare folders {data_dir} DEST "
+                "--patient-pattern REGEX` (or --one-image-per-patient) and cross-validate "
+                "DEST.")
+        # Laterality and view (the CSV's optional columns, or the headers'), then the
+        # names, pair each film with its other breast.
+        others = pair_within_patients(folder.files, patients, pair_sides(patients, views, sides))
         return [Sample(path, folder.class_names[label], patient,
                        folder.files[other] if other is not None else None)
                 for path, label, patient, other in zip(folder.files, folder.labels, patients,
                                                        others, strict=True)]
-    table = data_dir / "split.csv"
-    if not table.is_file():
-        raise FileNotFoundError(
-            f"{data_dir}: no split.csv and no --groups CSV; cross-validation needs the "
-            "patient of every image (it never splits by image). Pass --groups with "
-            "file,patient_id or, for DICOM files, --patient-from-dicom; or make a split.csv "
-            f"with `tumor-classifier prepare folders {data_dir} DEST --patient-pattern "
-            "REGEX` (or --one-image-per-patient) and cross-validate DEST."
-        )
     with table.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     if not rows or "file" not in rows[0] or "patient_id" not in rows[0]:

@@ -27,7 +27,12 @@ from PIL import Image
 from .config import SPLITS
 from .data import scan_pooled, split_folders
 from .near_copies import join_near_copies
-from .other_breast import pair_sides, straddling_patients
+from .other_breast import (
+    pair_sides,
+    pair_within_patients,
+    straddling_patients,
+    women_from_names,
+)
 from .patients import patients_from_dicom, patients_from_names, read_groups, split_patients
 
 logger = logging.getLogger(__name__)
@@ -240,30 +245,31 @@ def prepare_folders(
     """Split a dataset of class folders (`SOURCE/{CLASS}/...`, any depth) by patient into
     `DEST/{train,validation,test}/{CLASS}/...` with `split.csv`.
 
-    Each image's patient comes from exactly one of: `groups` (a CSV `file,patient_id`,
+    Each image's patient comes from at most one of: `groups` (a CSV `file,patient_id`,
     file relative to SOURCE, with optional `laterality` and `view` columns),
     `patient_pattern` (a regular expression searched in the path below the class folder;
     its first group, or the whole match, is the patient, e.g. `P_\\d+` for CBIS-DDSM
     names), `patient_from_dicom` (the DICOM headers' PatientID, never written:
     `patients_from_dicom`), or `one_image_per_patient` (a stated assumption, for sets that
-    publish none). With `group_near_copies`, patients with near-copies of one picture are
+    publish none); with none, from the file names where every one says whose the film is
+    (`other_breast.women_from_names`: DDSM's side and view words, mini-MIAS's numbered
+    pairs). With `group_near_copies`, patients with near-copies of one picture are
     joined first (`join_near_copies`). Patients are stratified by the set of classes of
-    their images. Where the DICOM headers or the CSV give each film's side and view,
-    `split.csv` names each film's other breast (`pair_sides`). The images are linked
+    their images. Where the DICOM headers or the CSV give each film's side and view, or
+    the names pair the films (`other_breast.other_breasts`), `split.csv` names each film's
+    other breast (`pair_sides`, `pair_within_patients`). The images are linked
     (copied with `copy`); the source is only read.
 
     Returns:
         Counts per split and class.
     """
     source, dest = Path(source), Path(dest)
-    if sum(option is not None and option is not False for option in (
-            groups, patient_pattern, one_image_per_patient, patient_from_dicom)) != 1:
+    options = sum(option is not None and option is not False for option in (
+        groups, patient_pattern, one_image_per_patient, patient_from_dicom))
+    if options > 1:
         raise ValueError(
-            f"{source}: say how to find each image's patient, with exactly one of --groups "
-            "CSV (file,patient_id), --patient-pattern REGEX (found in the file name), "
-            "--patient-from-dicom or --one-image-per-patient; a split by image would put one "
-            "woman's images on both sides."
-        )
+            f"{source}: say how to find each image's patient with one option only, of --groups, "
+            "--patient-pattern, --patient-from-dicom and --one-image-per-patient.")
     if dest.resolve().is_relative_to(source.resolve()):
         raise ValueError(f"{dest}: lies inside {source}; choose a DEST outside the dataset, "
                          "which is only read.")
@@ -288,8 +294,22 @@ def prepare_folders(
         patients = patients_from_names(patient_pattern, [name.as_posix() for name in below])
     elif patient_from_dicom:
         patients, views, sides = patients_from_dicom(files)
-    else:
+    elif one_image_per_patient:
         patients = [Path(*path.relative_to(source).parts).as_posix() for path in files]
+    elif (women := women_from_names(files)) is not None:
+        # No option needed where every name says whose the film is (DDSM's side and view
+        # words, mini-MIAS's numbered pairs): the women are the patients.
+        patients = women
+        logger.info("%s: each image's patient from its file name (side and view words, or "
+                    "mini-MIAS's numbered pairs): %d women.", source, len(set(women)))
+    else:
+        raise ValueError(
+            f"{source}: say how to find each image's patient, with one of --groups CSV "
+            "(file,patient_id), --patient-pattern REGEX (found in the file name), "
+            "--patient-from-dicom or --one-image-per-patient (the file names do not say "
+            "it: no side and view words, no mini-MIAS numbers); a split by image would put "
+            "one woman's images on both sides."
+        )
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(
             f"{dest}: folder exists and is not empty; choose a new DEST or remove it yourself."
@@ -329,7 +349,8 @@ def prepare_folders(
         counts[split][name] += 1
         rows.append([relative, name, patient, split])
     columns = ["file", "label", "patient_id", "split"]
-    others = pair_sides(patients, views, sides)
+    # Sides and views from the CSV or the headers, then the films' names (`other_breasts`).
+    others = pair_within_patients(files, patients, pair_sides(patients, views, sides))
     if any(other is not None for other in others):
         # The other breast (one patient: the same split), which the default model reads.
         columns.append("other_breast")

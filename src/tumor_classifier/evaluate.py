@@ -18,7 +18,12 @@ from .config import save_json
 from .data import read_split_table, scan_folder
 from .metrics import bootstrap_intervals, compute_metrics
 from .near_copies import near_copy_sources, read_thumbnails, thumbnails
-from .other_breast import WithOtherBreast, pair_with_other_breasts, woman_of
+from .other_breast import (
+    WithOtherBreast,
+    pair_with_other_breasts,
+    woman_of,
+    women_from_names,
+)
 from .plots import plot_confusion_matrix, plot_reliability, plot_roc, save_figure
 from .predict import Classifier
 
@@ -37,6 +42,20 @@ def patient_groups(files: Sequence[Path | str], data_dir: Path) -> list[str] | N
     patients = {(folder / row["file"]).resolve(): row["patient_id"] for row in rows}
     groups = [patients.get(Path(file).resolve()) for file in files]
     return [str(group) for group in groups] if all(groups) else None
+
+
+def resampled_patients(files: Sequence[Path | str], data_dir: Path
+                       ) -> tuple[list[str] | None, str]:
+    """The patients whose images the bootstrap resamples together, and where they come
+    from: split.csv's `patient_id` (`patient_groups`); otherwise what the file names tell
+    (`other_breast.woman_of`: DDSM's `A_0001_1.LEFT_CC`, mini-MIAS's `mdb001` and
+    `mdb002`) where every name tells one and no two names repeat; otherwise None, and the
+    bootstrap resamples images."""
+    groups = patient_groups(files, data_dir)
+    if groups is not None:
+        return groups, "split.csv"
+    women = women_from_names(files)
+    return (women, "file names") if women is not None else (None, "")
 
 
 def describe_near_copies(files: Sequence[Path | str],
@@ -158,20 +177,22 @@ def write_evaluation(
     checked_splits: Sequence[str] = (),
     tta: bool | None = None,
     relatives: Sequence[tuple[str, str] | None] | None = None,
+    groups_from: str = "split.csv",
 ) -> dict[str, Any]:
     """Write metrics.json, predictions.csv, report.txt and the plots into `out`.
 
     `copies` (from `near_copy_sources`, checked against `checked_splits`) adds the column
     `near_copy_of` to predictions.csv and their counts to the metrics and the report;
     `relatives` (from `fitted_patients`, the same splits) adds `same_patient_as` likewise;
-    `tta`, whether the probabilities are test-time augmented, is recorded with them."""
+    `tta`, whether the probabilities are test-time augmented, is recorded with them;
+    `groups_from` says where `groups`, the patients the bootstrap resamples, came from."""
     out.mkdir(parents=True, exist_ok=True)
     metrics = compute_metrics(labels, probabilities, class_names, thresholds)
     if tta is not None:
         metrics["tta"] = tta
     metrics["confidence_intervals"] = bootstrap_intervals(
         labels, probabilities, class_names, groups, BOOTSTRAP_RESAMPLES)
-    metrics["bootstrap_unit"] = "patients (split.csv)" if groups else "images"
+    metrics["bootstrap_unit"] = f"patients ({groups_from})" if groups else "images"
     metrics["bootstrap_resamples"] = BOOTSTRAP_RESAMPLES
     metrics["unreadable"] = list(unreadable)
     near = None if copies is None else [source or ("", "") for source in copies]
@@ -275,10 +296,10 @@ def evaluate(
                 "prepare folders` splits by patient).", data_dir, len(found), len(files),
                 Path(found[0][0]).name, found[0][1][0], Path(found[0][1][1]).name)
     out = Path(out) if out else run_dir / "evaluation" / data_dir.resolve().name
+    groups, groups_from = resampled_patients(files, data_dir)
     metrics = write_evaluation(
         out, files, labels, probabilities, classifier.class_names, list(failures.values()),
-        patient_groups(files, data_dir), classifier.thresholds, copies, checked,
-        classifier.tta, relatives,
+        groups, classifier.thresholds, copies, checked, classifier.tta, relatives, groups_from,
     )
     metrics["report_dir"] = str(out)
     return metrics

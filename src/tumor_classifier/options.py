@@ -53,8 +53,9 @@ def class_weights(spec: str, counts: dict[str, int]) -> dict[int, float] | None:
 def unpaired_films(config: TrainConfig, train_files: Sequence[Path],
                    validation_files: Sequence[Path]) -> list[Path] | None:
     """The training and validation films whose other breast is not named (split.csv,
-    LEFT/RIGHT file names or DICOM headers; each split paired within itself), or None
-    where the options rule the other breast out. An empty list: every film can be paired."""
+    LEFT/RIGHT or mini-MIAS file names, or DICOM headers; each split paired within
+    itself), or None where the options rule the other breast out. An empty list: every
+    film can be paired."""
     if config.other_breast is False or config.patch_pretrain_epochs:
         return None
     return [Path(file) for files in (train_files, validation_files)
@@ -164,8 +165,9 @@ def fill_defaults(config: TrainConfig, train_folder: ImageFolder,
         paired = pairable and config.model not in PRETRAINED
         config = dataclasses.replace(config, other_breast=paired)
         if paired:
-            logger.info("every film's other breast is named (split.csv, LEFT/RIGHT in the "
-                        "file names or DICOM headers): the model sees both "
+            logger.info("every film's other breast is named (split.csv, LEFT/RIGHT or "
+                        "mini-MIAS's numbers in the file names, or DICOM headers): the "
+                        "model sees both "
                         "(--no-other-breast for one film at a time).")
     if config.model == "seed_asymmetry" and not config.other_breast:
         from .asymmetry import unpaired_message

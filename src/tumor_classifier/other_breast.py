@@ -80,13 +80,53 @@ def without_side_and_view(text: str) -> str | None:
     return key.lower() if key != text and any(c.isdigit() for c in key) else None
 
 
+# mini-MIAS (and the MIAS database it comes from) numbers one woman's two films
+# consecutively, mdb001 and mdb002, mdb003 and mdb004, ..., and class folders made from it
+# keep those names: held-out mini-MIAS films in plain class folders are paired, and their
+# women known, by name alone (an evaluation set without split.csv otherwise stopped a model
+# that reads the other breast).
+_MIAS_NAME = re.compile(r"mdb(\d{3})", re.IGNORECASE)
+
+
+def _mias_number(stem: str) -> int | None:
+    """N of a mini-MIAS film's name `mdbNNN` (the whole stem, any case); None otherwise."""
+    match = _MIAS_NAME.fullmatch(stem)
+    if match is None or int(match.group(1)) == 0:
+        return None
+    return int(match.group(1))
+
+
+def _mias_other_name(name: str) -> str | None:
+    """The name of the other film of a mini-MIAS woman (`mdb001.png` -> `mdb002.png`)."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    number = _mias_number(stem)
+    if number is None:
+        return None
+    return f"{stem[:3]}{number + 1 if number % 2 else number - 1:03d}{suffix}"
+
+
 def woman_of(name: str) -> str | None:
     """What the names of one woman's films share: the file name without its extension,
     side and view words (`without_side_and_view`); so DDSM's `A_0001_1.LEFT_CC.png` and
-    `A_0001_1.RIGHT_MLO.png` give the same. None when the name has no side or view word, or
-    nothing with a digit is left (`LEFT_CC.png` in a folder per patient): then the name
-    tells nothing about whose the film is."""
+    `A_0001_1.RIGHT_MLO.png` give the same; and for mini-MIAS names, the woman's number
+    (`mdb001.png` and `mdb002.png` give `mias001`, her patient_id from `prepare
+    mini-mias`). None when the name has no side or
+    view word, or nothing with a digit is left (`LEFT_CC.png` in a folder per patient):
+    then the name tells nothing about whose the film is."""
+    number = _mias_number(Path(name).stem)
+    if number is not None:
+        return f"mias{(number + 1) // 2:03d}"
     return without_side_and_view(Path(name).stem)
+
+
+def women_from_names(files: Sequence[Path | str]) -> list[str] | None:
+    """Each file's woman as its name tells (`woman_of`), where every name tells one and no
+    two names repeat (a folder per patient repeats them); None otherwise."""
+    names = [Path(file).name for file in files]
+    women = [woman_of(name) for name in names]
+    if not names or len(set(names)) < len(names) or not all(women):
+        return None
+    return [str(woman) for woman in women]
 
 
 def straddling_patients(files: Sequence[Path | str], splits: Sequence[str],
@@ -178,7 +218,8 @@ def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
     (`DATA/split.csv` for `DATA/test/CAN/film.png`, or for a film any depth below its class
     folder; `prepare mini-mias` writes the column); otherwise the one other file among
     `files` whose name is the file's own with its side swapped (`A_0001_1.LEFT_CC.png` and
-    `A_0001_1.RIGHT_CC.png`, in any class folder; both names unique among `files`);
+    `A_0001_1.RIGHT_CC.png`, in any class folder; both names unique among `files`), or for
+    mini-MIAS names the woman's other number (`mdb001.png` and `mdb002.png`);
     otherwise, for DICOM files, the one other DICOM file among those still unpaired of the
     same patient and view with the other side, by their headers (`dicom_patient`,
     `pair_sides`); None where none gives one.
@@ -198,7 +239,8 @@ def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
             column = tables[table]
             if column and (other := column.get(path.resolve())):
                 break
-        if other is None and (name := _other_side_name(path.name)):
+        if other is None and (name := _other_side_name(path.name)
+                              or _mias_other_name(path.name)):
             # Both names must be unique among the files, so that pairs are mutual.
             candidates = by_name.get(name, [])
             unique = len(candidates) == 1 and len(by_name[path.name]) == 1
@@ -222,6 +264,22 @@ def other_breasts(files: Sequence[Path | str]) -> list[Path | None]:
     return result
 
 
+def pair_within_patients(files: Sequence[Path | str], patients: Sequence[str],
+                         others: Sequence[int | None]) -> list[int | None]:
+    """`others` (indices into `files`, as `pair_sides` gives them) with the films it left
+    unpaired paired as `other_breasts` finds them (names, DICOM headers), where both films
+    are of one patient: a split by patient then keeps each pair in one split."""
+    position = {Path(file).resolve(): index for index, file in enumerate(files)}
+    found = other_breasts(files)
+    result = list(others)
+    for index, other in enumerate(found):
+        partner = position.get(other) if other is not None else None
+        if (result[index] is None and partner is not None and partner != index
+                and patients[partner] == patients[index] and others[partner] is None):
+            result[index] = partner
+    return result
+
+
 def other_breast_rows(files: Sequence[Path], unreadable: Collection[int] = ()
                       ) -> tuple[np.ndarray, dict[int, str]]:
     """For every file, the index in `files` of its other breast (`other_breasts`).
@@ -237,7 +295,8 @@ def other_breast_rows(files: Sequence[Path], unreadable: Collection[int] = ()
         raise ValueError(
             f"{Path(files[0]).parent.parent}: nothing names the other breast of these films: "
             "no split.csv with an other_breast column, no file names that differ only "
-            "in LEFT/RIGHT, no DICOM headers with patient, view and side. Run "
+            "in LEFT/RIGHT, no mini-MIAS pairs (mdb001 and mdb002), no DICOM headers with "
+            "patient, view and side. Run "
             "`tumor-classifier prepare mini-mias` again (it writes the "
             "column), or add it (file,...,other_breast: the same woman's other film, same "
             "view, relative to split.csv).")
@@ -247,9 +306,10 @@ def other_breast_rows(files: Sequence[Path], unreadable: Collection[int] = ()
     for index, (path, other) in enumerate(zip(files, partners, strict=True)):
         if other is None or other not in position:
             problems[index] = (
-                f"{path}: no other breast beside it (split.csv's other_breast column names "
-                "a film of the same split); a model trained with --other-breast compares "
-                "both breasts of a woman. Add the film, or use a model trained without it.")
+                f"{path}: no other breast beside it (named by split.csv's other_breast "
+                "column, by a name with the other side or by DICOM headers, among the films "
+                "of the same split); a model trained with --other-breast compares both "
+                "breasts of a woman. Add the film, or use a model trained without it.")
         elif position[other] in unreadable:
             problems[index] = f"{path}: its other breast {other.name} could not be read."
         else:

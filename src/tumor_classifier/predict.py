@@ -211,7 +211,8 @@ class Classifier:
 
     def _find_other_breasts(self, sources: Sequence[Source]) -> list[Path | None]:
         """Each path's other breast (`other_breast.other_breasts`: split.csv, or a file among
-        these whose name differs only in LEFT/RIGHT or whose DICOM header names the same
+        these whose name differs only in LEFT/RIGHT (or mini-MIAS's mdb001 and mdb002) or
+        whose DICOM header names the same
         patient and view, other side); None for uploads and unnamed pairs."""
         paths = [source if isinstance(source, (str, Path)) else None for source in sources]
         found = iter(other_breasts([path for path in paths if path is not None]))
@@ -225,7 +226,8 @@ class Classifier:
         if source is None:
             raise ImageReadError(
                 f"{label}: no other breast given, named in split.csv (other_breast "
-                "column) or found by its name (LEFT/RIGHT swapped) or DICOM header among "
+                "column) or found by its name (LEFT/RIGHT swapped, or mini-MIAS's mdb001 "
+                "with mdb002) or DICOM header among "
                 "the files given; this model compares "
                 "both breasts of a woman: pass --other-breast.")
         return source

@@ -21,6 +21,7 @@ from .evaluate import (
     describe_near_copies,
     fitted_patients,
     patient_groups,
+    resampled_patients,
     write_evaluation,
 )
 from .fit import build_loss, build_optimizer, fit, precision_policy, read_history
@@ -396,6 +397,7 @@ def train(config: TrainConfig) -> Path:
             val_losses[kept_epoch - 1], learning_rate / 10)
     run_config["calibration"] = calibration
     save_json(run_config, run_dir / "config.json")
+    groups, groups_from = resampled_patients(val_files, validation_folder.root)
     write_evaluation(
         run_dir / "evaluation" / "validation",
         [str(path) for path in val_files],
@@ -403,12 +405,13 @@ def train(config: TrainConfig) -> Path:
         calibrated,
         class_names,
         val_failures,
-        patient_groups(val_files, validation_folder.root),
+        groups,
         run_config["calibration"]["thresholds"],
         val_copies,
         ["train"],
         run_config["tta"],
         fitted_patients(val_files, {"train": (train_thumbnails, train_files)}),
+        groups_from,
     )
     logger.info("kept epoch %d of %d (%s; validation loss %.4f)", kept_epoch, len(val_losses),
                 config.keep, val_losses[kept_epoch - 1])
