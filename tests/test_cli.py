@@ -122,8 +122,14 @@ def test_plain_class_folders_are_split_by_patient_before_training(
     out = capsys.readouterr().out
     assert code == 0 and "train          4   BEN 1  CAN 2  NOR 1" in out
     assert "wrote " + str(tmp_path / "split") in out
-    with pytest.raises(SystemExit):  # argparse: one of the four ways is required
-        main(["prepare", "folders", str(tmp_path / "flat"), str(tmp_path / "other")])
+    # names that do not say the patient, and no option: one line naming the four ways
+    code = main(["prepare", "folders", str(tmp_path / "flat"), str(tmp_path / "other")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--patient-pattern REGEX" in err
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(SystemExit):  # argparse: at most one of them
+        main(["prepare", "folders", str(tmp_path / "flat"), str(tmp_path / "other"),
+              "--patient-pattern", r"p\d", "--one-image-per-patient"])
     # PNGs name no patient in a header: one line per file, exit 2, nothing written
     code = main(["prepare", "folders", str(tmp_path / "flat"), str(tmp_path / "other"),
                  "--patient-from-dicom"])

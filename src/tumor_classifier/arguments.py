@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     folders.add_argument("source", type=Path,
                          help="folder with one subfolder per class (or with split folders "
                          "of class folders, which are pooled and split again)")
-    patient = folders.add_mutually_exclusive_group(required=True)
+    # Without one, the file names must say whose each film is (DDSM's side and view words,
+    # mini-MIAS's numbers): `prepare_folders` refuses otherwise, naming these options.
+    patient = folders.add_mutually_exclusive_group()
     patient.add_argument("--groups", type=Path, default=None,
                          help="CSV with file,patient_id (file relative to SOURCE)")
     patient.add_argument("--patient-pattern", default=None, metavar="REGEX",
