@@ -191,6 +191,9 @@ def test_real_browser_two_sessions(trained_run: Path, prepared_mias: Path,
     finally:
         server.terminate()
         server.wait(timeout=30)
+    # stopping the command stops the server (it is Streamlit itself, not its parent)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
 
 
 def test_display_stretches_a_12_bit_image_stored_in_16_bits(tmp_path: Path) -> None:

@@ -171,7 +171,12 @@ def _app(args: argparse.Namespace) -> int:
                "--server.port", str(args.port), "--server.address", args.address,
                "--server.headless", "true", "--server.maxUploadSize", "200",
                "--browser.gatherUsageStats", "false"]
-    print(f"serving {args.run_dir} at http://{args.address}:{args.port}")
+    print(f"serving {args.run_dir} at http://{args.address}:{args.port}", flush=True)
+    if os.name == "posix":
+        # Become Streamlit instead of waiting for it: a SIGTERM to this process (from a
+        # supervisor, `docker stop`, a test) then stops the server, where it used to stop
+        # only this parent and leave Streamlit running, orphaned.
+        os.execve(sys.executable, command, environment)
     return subprocess.call(command, env=environment)
 
 
