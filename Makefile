@@ -6,7 +6,8 @@ MIAS ?= ../shared/data/mini-mias
 DATA ?= data/mini-mias
 MODEL ?= auto
 RUN ?= runs/$(MODEL)-$(shell date +%Y%m%d-%H%M%S)
-PYTEST_ARGS ?=
+# The slowest tests are listed after each run, to keep the suite inside its budget.
+PYTEST_ARGS ?= --durations=12
 # Two test processes (pytest-xdist): on 2 CPU cores (2026-11-27) the suite took 10 min 16 s
 # to 13 min 50 s with two, and 18 min 24 s to 19 min 27 s with one: much of a test's
 # time is single-threaded (tracing, process start-up, file I/O). worksteal balances the few
