@@ -268,14 +268,15 @@ def pair_within_patients(files: Sequence[Path | str], patients: Sequence[str],
                          others: Sequence[int | None]) -> list[int | None]:
     """`others` (indices into `files`, as `pair_sides` gives them) with the films it left
     unpaired paired as `other_breasts` finds them (names, DICOM headers), where both films
-    are of one patient: a split by patient then keeps each pair in one split."""
-    position = {Path(file).resolve(): index for index, file in enumerate(files)}
-    found = other_breasts(files)
+    are of one patient: a split by patient then keeps each pair in one split. Only the
+    unpaired films are looked at (headers already read are not read again)."""
+    unpaired = [index for index, other in enumerate(others) if other is None]
+    position = {Path(files[index]).resolve(): index for index in unpaired}
     result = list(others)
-    for index, other in enumerate(found):
+    for index, other in zip(unpaired, other_breasts([files[i] for i in unpaired]),
+                            strict=True):
         partner = position.get(other) if other is not None else None
-        if (result[index] is None and partner is not None and partner != index
-                and patients[partner] == patients[index] and others[partner] is None):
+        if partner is not None and partner != index and patients[partner] == patients[index]:
             result[index] = partner
     return result
 
